@@ -1,0 +1,196 @@
+"""`ga3c-train`: the only module that reads flags.
+
+    ga3c-train --flagfile=configs/cartpole.cfg [--flag=value ...]
+
+Flags after `--flagfile` override the file. The flags become one frozen `Config`; a bad
+flag, flagfile, value, env id, logdir or checkpoint ends the program with one line on stderr
+and exit code 2. SIGINT/SIGTERM stop training cleanly (final checkpoint, exit 0); a second
+signal exits at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from absl import flags
+
+from ga3c.config import AlgoConfig, Config, EnvConfig, NetworkConfig, PipelineConfig, RunConfig
+
+PROG = "ga3c-train"
+EXIT_BAD_INPUT = 2
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    d = Config()  # defaults live in the dataclasses; flags only mirror them
+    e, n, a, p, r = d.env, d.network, d.algo, d.pipeline, d.run
+    flags.DEFINE_string("env", e.env_id, "Gymnasium env id (discrete actions).", flag_values=fv)
+    flags.DEFINE_integer("envs_per_agent", e.envs_per_agent,
+                         "Envs stepped together by each environment thread.", flag_values=fv)
+    flags.DEFINE_list("hidden", [str(h) for h in n.hidden], "MLP hidden layer sizes.",
+                      flag_values=fv)
+    flags.DEFINE_bool("separate_towers", n.separate_towers,
+                      "Separate policy and value MLPs (else one shared trunk).", flag_values=fv)
+    flags.DEFINE_integer("n_step", a.n_step, "Steps per n-step return (A3C t_max).", flag_values=fv)
+    flags.DEFINE_float("gamma", a.gamma, "Discount factor.", flag_values=fv)
+    flags.DEFINE_float("learning_rate", a.learning_rate, "RMSProp learning rate.", flag_values=fv)
+    flags.DEFINE_float("rho", a.rho, "RMSProp decay.", flag_values=fv)
+    flags.DEFINE_float("epsilon", a.epsilon, "RMSProp epsilon.", flag_values=fv)
+    flags.DEFINE_float("entropy_coef", a.entropy_coef, "Entropy bonus weight.", flag_values=fv)
+    flags.DEFINE_float("value_coef", a.value_coef, "Value loss weight.", flag_values=fv)
+    flags.DEFINE_float("clip_norm", a.clip_norm, "Global gradient-norm clip (0: off).",
+                       flag_values=fv)
+    flags.DEFINE_integer("num_agents", p.num_agents, "Environment threads.", flag_values=fv)
+    flags.DEFINE_integer("num_predictors", p.num_predictors, "Predictor threads.", flag_values=fv)
+    flags.DEFINE_integer("num_trainers", p.num_trainers, "Optimizer threads.", flag_values=fv)
+    flags.DEFINE_integer("min_train_batch", p.min_train_batch,
+                         "Fewest transitions per training step.", flag_values=fv)
+    flags.DEFINE_integer("max_predict_batch", p.max_predict_batch,
+                         "Most states per inference call.", flag_values=fv)
+    flags.DEFINE_integer("prediction_queue_size", p.prediction_queue_size,
+                         "Bound of the prediction queue (requests).", flag_values=fv)
+    flags.DEFINE_integer("training_queue_size", p.training_queue_size,
+                         "Bound of the training queue (segments).", flag_values=fv)
+    flags.DEFINE_string("logdir", r.logdir, "Run directory: checkpoints, logs, TensorBoard.",
+                        flag_values=fv)
+    flags.DEFINE_integer("seed", r.seed, "Random seed.", flag_values=fv)
+    flags.DEFINE_integer("max_env_steps", r.max_env_steps, "Stop after this many env steps "
+                         "(0: no limit).", flag_values=fv)
+    flags.DEFINE_float("max_seconds", r.max_seconds, "Stop after this many seconds of this "
+                       "process's training (0: no limit).", flag_values=fv)
+    flags.DEFINE_float("target_score", r.target_score, "Stop when the mean return of the last "
+                       "100 episodes reaches this (unset: never).", flag_values=fv)
+    flags.DEFINE_float("checkpoint_every_seconds", r.checkpoint_every_seconds,
+                       "Checkpoint interval.", flag_values=fv)
+    flags.DEFINE_integer("keep_checkpoints", r.keep_checkpoints, "Checkpoints kept.",
+                         flag_values=fv)
+    flags.DEFINE_float("log_every_seconds", r.log_every_seconds, "Console/TensorBoard interval.",
+                       flag_values=fv)
+    flags.DEFINE_bool("resume", r.resume, "Resume from the logdir's latest checkpoint.",
+                      flag_values=fv)
+    flags.DEFINE_integer("tf_threads", r.tf_threads,
+                         "TensorFlow intra-op threads (0: TensorFlow decides).", flag_values=fv)
+
+
+class BadInput(Exception):
+    """Shown as one line, exit code 2."""
+
+
+def parse_config(argv: list[str]) -> Config:
+    """argv (without the program name) -> validated Config; raises BadInput."""
+    fv = flags.FlagValues()
+    define_flags(fv)
+    try:
+        rest = fv([PROG, *argv])
+    except flags.Error as exc:
+        raise BadInput(str(exc).strip().splitlines()[0]) from None
+    if len(rest) > 1:
+        raise BadInput(f"unexpected arguments {rest[1:]} (flags look like --name=value)")
+    try:
+        hidden = tuple(int(h) for h in fv.hidden)
+    except ValueError:
+        raise BadInput(f"--hidden={','.join(fv.hidden)}: must be comma-separated integers") from None
+    config = Config(
+        env=EnvConfig(env_id=fv.env, envs_per_agent=fv.envs_per_agent),
+        network=NetworkConfig(hidden=hidden, separate_towers=fv.separate_towers),
+        algo=AlgoConfig(n_step=fv.n_step, gamma=fv.gamma, learning_rate=fv.learning_rate,
+                        rho=fv.rho, epsilon=fv.epsilon, entropy_coef=fv.entropy_coef,
+                        value_coef=fv.value_coef, clip_norm=fv.clip_norm),
+        pipeline=PipelineConfig(num_agents=fv.num_agents, num_predictors=fv.num_predictors,
+                                num_trainers=fv.num_trainers, min_train_batch=fv.min_train_batch,
+                                max_predict_batch=fv.max_predict_batch,
+                                prediction_queue_size=fv.prediction_queue_size,
+                                training_queue_size=fv.training_queue_size),
+        run=RunConfig(logdir=fv.logdir, seed=fv.seed, max_env_steps=fv.max_env_steps,
+                      max_seconds=fv.max_seconds, target_score=fv.target_score,
+                      checkpoint_every_seconds=fv.checkpoint_every_seconds,
+                      keep_checkpoints=fv.keep_checkpoints,
+                      log_every_seconds=fv.log_every_seconds, resume=fv.resume,
+                      tf_threads=fv.tf_threads),
+    )
+    problems = config.validate()
+    if problems:
+        raise BadInput("invalid config: " + "; ".join(problems))
+    return config
+
+
+def help_text() -> str:
+    fv = flags.FlagValues()
+    define_flags(fv)
+    return (f"usage: {PROG} --flagfile=configs/cartpole.cfg [--flag=value ...]\n\n"
+            + fv.get_help(include_special_flags=False))
+
+
+def check_logdir(logdir: str) -> None:
+    try:
+        os.makedirs(logdir, exist_ok=True)
+        probe = os.path.join(logdir, f".ga3c-write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise BadInput(f"logdir {logdir!r} is not writable: {exc.strerror or exc}") from None
+
+
+def describe(config: Config) -> str:
+    lines = []
+    for section, values in config.to_dict().items():
+        items = " ".join(f"{k}={v}" for k, v in values.items())
+        lines.append(f"  {section}: {items}")
+    return "effective config:\n" + "\n".join(lines)
+
+
+def _install_signals(server) -> None:
+    def handler(signum, _frame):
+        if server.stop.is_set():
+            print(f"{PROG}: second {signal.Signals(signum).name}: exiting now", file=sys.stderr)
+            os._exit(130)
+        server.request_stop(f"received {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv):
+        print(help_text())
+        return 0
+    try:
+        config = parse_config(argv)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from ga3c.envs import EnvError, inspect_env
+        try:
+            env_spec = inspect_env(config.env.env_id)
+        except EnvError as exc:
+            raise BadInput(str(exc)) from None
+        check_logdir(config.run.logdir)
+        print(describe(config), flush=True)
+        import tensorflow as tf
+
+        if config.run.tf_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(config.run.tf_threads)
+        from ga3c.server import Server, SetupError
+
+        server = Server(config, env_spec)
+        try:
+            server.setup()
+        except SetupError as exc:
+            raise BadInput(str(exc)) from None
+        _install_signals(server)
+        return server.run()
+    except BadInput as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted before training started", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,158 @@
+"""Frozen, validated configuration for a ga3c run.
+
+Flags are read once in `ga3c.cli` and turned into a `Config`; every other module receives
+plain config objects. `Config.validate()` returns *every* problem at once, each naming the
+field, the value and what is allowed, so a bad command line is fixed in one edit.
+
+No TensorFlow here: this module is imported by tests that run without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    env_id: str = "CartPole-v1"
+    # Each environment thread (agent) steps a small vector of envs to amortise Python overhead.
+    envs_per_agent: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    # Hidden layer sizes of the MLP used for vector observations.
+    hidden: tuple[int, ...] = (64, 64)
+    # Separate policy and value towers (True) or one shared trunk with two heads (False).
+    separate_towers: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgoConfig:
+    n_step: int = 5
+    gamma: float = 0.99
+    learning_rate: float = 3e-4
+    rho: float = 0.99  # RMSProp decay
+    epsilon: float = 0.1  # RMSProp epsilon (GA3C uses 0.1)
+    entropy_coef: float = 0.01
+    value_coef: float = 0.5
+    clip_norm: float = 0.0  # global-norm gradient clipping; 0 disables it
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    num_agents: int = 8
+    num_predictors: int = 1
+    num_trainers: int = 2
+    min_train_batch: int = 32
+    max_predict_batch: int = 128
+    # Queue bounds (items): prediction requests and training batches.
+    prediction_queue_size: int = 256
+    training_queue_size: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    logdir: str = "runs/ga3c"
+    seed: int = 0
+    max_env_steps: int = 0  # 0: no limit
+    max_seconds: float = 0.0  # 0: no limit
+    target_score: float | None = None  # stop when the mean of the last 100 episodes reaches it
+    checkpoint_every_seconds: float = 60.0
+    keep_checkpoints: int = 3
+    log_every_seconds: float = 2.0
+    resume: bool = True
+    tf_threads: int = 0  # TensorFlow intra-op threads; 0 lets TensorFlow decide
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    env: EnvConfig = EnvConfig()
+    network: NetworkConfig = NetworkConfig()
+    algo: AlgoConfig = AlgoConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    run: RunConfig = RunConfig()
+
+    def validate(self) -> list[str]:
+        """Every problem with this config, one readable string each (empty list: valid)."""
+        problems: list[str] = []
+
+        def check(ok: bool, name: str, value: Any, need: str) -> None:
+            if not ok:
+                problems.append(f"{name}={value!r}: must be {need}")
+
+        def finite(x: float) -> bool:
+            return isinstance(x, (int, float)) and math.isfinite(x)
+
+        e, n, a, p, r = self.env, self.network, self.algo, self.pipeline, self.run
+        check(bool(e.env_id.strip()), "env", e.env_id, "a gymnasium env id")
+        check(e.envs_per_agent >= 1, "envs_per_agent", e.envs_per_agent, ">= 1")
+        check(len(n.hidden) >= 1 and all(h >= 1 for h in n.hidden), "hidden", list(n.hidden),
+              "one or more positive layer sizes")
+        check(a.n_step >= 1, "n_step", a.n_step, ">= 1")
+        check(finite(a.gamma) and 0.0 < a.gamma <= 1.0, "gamma", a.gamma, "in (0, 1]")
+        check(finite(a.learning_rate) and a.learning_rate > 0, "learning_rate", a.learning_rate, "> 0")
+        check(finite(a.rho) and 0.0 <= a.rho < 1.0, "rho", a.rho, "in [0, 1)")
+        check(finite(a.epsilon) and a.epsilon > 0, "epsilon", a.epsilon, "> 0")
+        check(finite(a.entropy_coef) and a.entropy_coef >= 0, "entropy_coef", a.entropy_coef, ">= 0")
+        check(finite(a.value_coef) and a.value_coef > 0, "value_coef", a.value_coef, "> 0")
+        check(finite(a.clip_norm) and a.clip_norm >= 0, "clip_norm", a.clip_norm, ">= 0 (0 disables)")
+        check(p.num_agents >= 1, "num_agents", p.num_agents, ">= 1")
+        check(p.num_predictors >= 1, "num_predictors", p.num_predictors, ">= 1")
+        check(p.num_trainers >= 1, "num_trainers", p.num_trainers, ">= 1")
+        check(p.min_train_batch >= 1, "min_train_batch", p.min_train_batch, ">= 1")
+        check(p.max_predict_batch >= e.envs_per_agent, "max_predict_batch", p.max_predict_batch,
+              f">= envs_per_agent ({e.envs_per_agent}) so one agent's request fits in a batch")
+        check(p.prediction_queue_size >= 1, "prediction_queue_size", p.prediction_queue_size, ">= 1")
+        check(p.training_queue_size >= 1, "training_queue_size", p.training_queue_size, ">= 1")
+        check(bool(r.logdir.strip()), "logdir", r.logdir, "a directory path")
+        check(r.seed >= 0, "seed", r.seed, ">= 0")
+        check(r.max_env_steps >= 0, "max_env_steps", r.max_env_steps, ">= 0 (0: no limit)")
+        check(finite(r.max_seconds) and r.max_seconds >= 0, "max_seconds", r.max_seconds,
+              ">= 0 (0: no limit)")
+        check(r.target_score is None or finite(r.target_score), "target_score", r.target_score,
+              "a finite number or unset")
+        check(finite(r.checkpoint_every_seconds) and r.checkpoint_every_seconds > 0,
+              "checkpoint_every_seconds", r.checkpoint_every_seconds, "> 0")
+        check(r.keep_checkpoints >= 1, "keep_checkpoints", r.keep_checkpoints, ">= 1")
+        check(finite(r.log_every_seconds) and r.log_every_seconds > 0, "log_every_seconds",
+              r.log_every_seconds, "> 0")
+        check(r.tf_threads >= 0, "tf_threads", r.tf_threads, ">= 0 (0: TensorFlow decides)")
+        return problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        """Inverse of `to_dict` (used to rebuild a run from its saved config.json)."""
+        sections = {}
+        for field in dataclasses.fields(cls):
+            section_cls = field.type if isinstance(field.type, type) else globals()[field.type]
+            raw = dict(data.get(field.name, {}))
+            known = {f.name for f in dataclasses.fields(section_cls)}
+            unknown = set(raw) - known
+            if unknown:
+                raise ValueError(f"unknown {field.name} settings: {sorted(unknown)}")
+            if "hidden" in raw:
+                raw["hidden"] = tuple(raw["hidden"])
+            sections[field.name] = section_cls(**raw)
+        return cls(**sections)
+
+    def replace(self, **sections: Any) -> "Config":
+        """Copy with whole sections or `section__field=value` overrides (handy in tests)."""
+        updates: dict[str, Any] = {}
+        for key, value in sections.items():
+            if "__" in key:
+                section, name = key.split("__", 1)
+                base = updates.get(section, getattr(self, section))
+                updates[section] = dataclasses.replace(base, **{name: value})
+            else:
+                updates[key] = value
+        return dataclasses.replace(self, **updates)

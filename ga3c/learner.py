@@ -1,0 +1,146 @@
+"""The one shared model and optimizer: compiled predict, compiled train step, loss, checkpoints.
+
+Predictor threads call `predict`; optimizer threads call `train`. Both are `tf.function`s with
+a fixed input signature whose batch dimension is `None`, so every batch size uses the same
+trace (`trace_counts()` lets tests prove it). The optimizer threads update the shared
+variables without a lock, as GA3C and Hogwild do.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from ga3c.config import AlgoConfig, NetworkConfig
+from ga3c.network import build_network
+from ga3c.returns import Transitions
+
+
+class LossTerms(NamedTuple):
+    total: object
+    policy_loss: object
+    value_loss: object
+    entropy: object
+
+
+def a3c_loss(logits, values, actions, targets, value_coef: float, entropy_coef: float) -> LossTerms:
+    """Actor-critic loss averaged over the batch.
+
+    policy_loss = -mean(log pi(a|s) * stop_gradient(target - V(s)))
+    value_loss  = mean((target - V(s))^2)
+    entropy     = mean(-sum_a pi(a|s) log pi(a|s))
+    total       = policy_loss + value_coef * value_loss - entropy_coef * entropy
+    Log-probabilities come from log_softmax of the logits, so no log(0) can occur.
+    """
+    log_probs = ops.log_softmax(logits, axis=-1)
+    actions = ops.cast(actions, "int32")
+    log_pi_a = ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(actions, -1), axis=-1), -1)
+    advantages = ops.stop_gradient(targets - values)
+    policy_loss = -ops.mean(log_pi_a * advantages)
+    value_loss = ops.mean(ops.square(targets - values))
+    entropy = ops.mean(-ops.sum(ops.exp(log_probs) * log_probs, axis=-1))
+    total = policy_loss + value_coef * value_loss - entropy_coef * entropy
+    return LossTerms(total, policy_loss, value_loss, entropy)
+
+
+class TrainMetrics(NamedTuple):
+    loss: float
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    grad_norm: float
+
+
+class Learner:
+    """Owns the shared Keras model, its RMSProp optimizer and the model version counter."""
+
+    def __init__(self, obs_shape, obs_dtype, num_actions: int, network: NetworkConfig,
+                 algo: AlgoConfig) -> None:
+        self.obs_shape = tuple(obs_shape)
+        self.obs_dtype = np.dtype(obs_dtype)
+        self.num_actions = num_actions
+        self.algo = algo
+        self.model = build_network(self.obs_shape, self.obs_dtype.name, num_actions, network)
+        self.optimizer = keras.optimizers.RMSprop(
+            learning_rate=algo.learning_rate, rho=algo.rho, epsilon=algo.epsilon)
+        self.optimizer.build(self.model.trainable_variables)
+        self._version = 0
+        self._version_lock = threading.Lock()
+
+        obs_spec = tf.TensorSpec([None, *self.obs_shape], tf.as_dtype(self.obs_dtype))
+        self._predict = tf.function(self._predict_impl, input_signature=[obs_spec])
+        self._train = tf.function(self._train_impl, input_signature=[
+            obs_spec,  # states
+            tf.TensorSpec([None], tf.int32),  # actions
+            tf.TensorSpec([None], tf.float32),  # rewards (n-step sums)
+            obs_spec,  # next states
+            tf.TensorSpec([None], tf.int32),  # n
+            tf.TensorSpec([None], tf.float32),  # masks
+        ])
+        # Calling the concrete functions directly skips tf.function's argument binding,
+        # which costs about as much as the tiny MLP's inference itself on CPU.
+        self._predict_fn = self._predict.get_concrete_function()
+        self._train_fn = self._train.get_concrete_function()
+
+    # -- compiled functions ---------------------------------------------------------------
+    def _predict_impl(self, states):
+        out = self.model(states, training=False)
+        return out["logits"], out["value"]
+
+    def _train_impl(self, states, actions, rewards, next_states, nsteps, masks):
+        algo = self.algo
+        batch = tf.shape(states)[0]
+        with tf.GradientTape() as tape:
+            out = self.model(tf.concat([states, next_states], axis=0), training=True)
+            logits = out["logits"][:batch]
+            values, next_values = out["value"][:batch], out["value"][batch:]
+            discounts = tf.pow(tf.constant(algo.gamma, tf.float32), tf.cast(nsteps, tf.float32))
+            targets = rewards + discounts * tf.stop_gradient(next_values) * masks
+            terms = a3c_loss(logits, values, actions, targets, algo.value_coef, algo.entropy_coef)
+        variables = self.model.trainable_variables
+        grads = tape.gradient(terms.total, variables)
+        if algo.clip_norm > 0:
+            grads, grad_norm = tf.clip_by_global_norm(grads, algo.clip_norm)
+        else:
+            grad_norm = tf.linalg.global_norm(grads)
+        self.optimizer.apply(grads, variables)
+        return tf.stack([terms.total, terms.policy_loss, terms.value_loss, terms.entropy,
+                         grad_norm])
+
+    # -- public API -----------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """Number of optimizer updates applied so far (the model version)."""
+        return self._version
+
+    def set_version(self, version: int) -> None:
+        with self._version_lock:
+            self._version = int(version)
+
+    def predict(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, values = self._predict_fn(states)
+        return logits.numpy(), values.numpy()
+
+    def train(self, batch: Transitions) -> TrainMetrics:
+        metrics = self._train_fn(batch.states, batch.actions, batch.rewards, batch.next_states,
+                              batch.nsteps, batch.masks)
+        with self._version_lock:
+            self._version += 1
+        return TrainMetrics(*metrics.numpy().tolist())
+
+    def trace_counts(self) -> tuple[int, int]:
+        """How many times predict and train have been traced (constant after warm-up)."""
+        return (self._predict.experimental_get_tracing_count(),
+                self._train.experimental_get_tracing_count())
+
+    def save_policy(self, path: str) -> None:
+        """Write the model as a `.keras` file atomically (for `ga3c-eval` and other tools)."""
+        tmp = path + ".tmp.keras"
+        self.model.save(tmp)
+        os.replace(tmp, path)

@@ -1,0 +1,189 @@
+"""n-step transitions from a vector of environments (pure numpy, no TensorFlow).
+
+An agent steps `E` environments in lock step. Every `n_step` vector steps (an A3C segment) it
+calls `flush()` and receives one transition per valid (step, env) pair:
+
+    state, action, reward_sum R, next_state s_n, steps n, mask
+
+with `R = r_t + gamma r_{t+1} + ... + gamma^{n-1} r_{t+n-1}`, cut at the end of the segment or
+at the end of the episode, whichever comes first. The trainer forms the target
+`R + gamma^n * V(s_n) * mask`. `mask` is 0 only if the episode *terminated* at the cut; on
+*truncation* (a time limit) `s_n` is the final observation and the target bootstraps from it.
+
+Gymnasium vector envs use the NEXT_STEP autoreset mode: the step that ends an episode returns
+the final observation; the *next* call to `step()` resets that env, ignores its action and
+returns the first observation of the new episode with reward 0. That reset step is not a
+transition and is dropped here (`valid` is False for it). Every other step, including the last
+step of every episode, becomes a transition: nothing is lost (the original GA3C drops the
+last one, its issue #31).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Transitions(NamedTuple):
+    """A batch of n-step transitions (all arrays share the leading dimension)."""
+
+    states: np.ndarray
+    actions: np.ndarray  # int32
+    rewards: np.ndarray  # float32: discounted n-step reward sum R
+    next_states: np.ndarray  # s_n: the state to bootstrap from
+    nsteps: np.ndarray  # int32: n, number of rewards in R
+    masks: np.ndarray  # float32: 0 where the episode terminated at s_n, else 1
+    versions: np.ndarray  # int64: model version that chose the action (for policy lag)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    @staticmethod
+    def concatenate(parts: "list[Transitions]") -> "Transitions":
+        if len(parts) == 1:
+            return parts[0]
+        return Transitions(*(np.concatenate(cols) for cols in zip(*parts)))
+
+
+class NStepBuilder:
+    """Accumulates vector-env steps and cuts them into n-step transitions.
+
+    Usage, inside an agent's loop::
+
+        builder = NStepBuilder(num_envs, n_step, gamma, obs_space.shape, obs_space.dtype)
+        builder.reset(obs)
+        while running:
+            actions = policy(obs)
+            obs, rewards, terminated, truncated, _ = env.step(actions)
+            builder.add(actions, rewards, terminated, truncated, obs, version)
+            if builder.full:
+                training_queue.put(builder.flush())
+    """
+
+    def __init__(self, num_envs: int, n_step: int, gamma: float, obs_shape, obs_dtype) -> None:
+        self.num_envs, self.n_step, self.gamma = num_envs, n_step, float(gamma)
+        self._obs = np.zeros((n_step + 1, num_envs, *obs_shape), dtype=obs_dtype)
+        self._actions = np.zeros((n_step, num_envs), dtype=np.int32)
+        self._rewards = np.zeros((n_step, num_envs), dtype=np.float32)
+        self._terminated = np.zeros((n_step, num_envs), dtype=bool)
+        self._done = np.zeros((n_step, num_envs), dtype=bool)
+        self._valid = np.zeros((n_step, num_envs), dtype=bool)
+        self._versions = np.zeros((n_step, num_envs), dtype=np.int64)
+        self._prev_done = np.zeros(num_envs, dtype=bool)
+        self._t = 0
+
+    @property
+    def full(self) -> bool:
+        return self._t == self.n_step
+
+    def reset(self, obs: np.ndarray) -> None:
+        """Start from freshly reset environments."""
+        self._obs[0] = obs
+        self._prev_done[:] = False
+        self._t = 0
+
+    def add(self, actions, rewards, terminated, truncated, next_obs, version: int = 0) -> np.ndarray:
+        """Record one vector step; returns the `valid` mask (False for autoreset steps)."""
+        t = self._t
+        if t >= self.n_step:
+            raise RuntimeError("NStepBuilder is full: call flush() first")
+        valid = ~self._prev_done
+        done = np.logical_or(terminated, truncated) & valid
+        self._actions[t] = actions
+        self._rewards[t] = rewards
+        self._terminated[t] = np.asarray(terminated) & valid
+        self._done[t] = done
+        self._valid[t] = valid
+        self._versions[t] = version
+        self._obs[t + 1] = next_obs
+        self._prev_done = done
+        self._t = t + 1
+        return valid
+
+    def flush(self) -> Transitions:
+        """Transitions for every valid step recorded since the last flush; starts a new segment."""
+        T = self._t
+        E = self.num_envs
+        R = np.empty((T, E), dtype=np.float32)
+        boot = np.empty((T, E), dtype=np.intp)
+        nsteps = np.empty((T, E), dtype=np.int32)
+        masks = np.empty((T, E), dtype=np.float32)
+        ret = np.zeros(E, dtype=np.float32)
+        b = np.full(E, T, dtype=np.intp)
+        n = np.zeros(E, dtype=np.int32)
+        m = np.ones(E, dtype=np.float32)
+        gamma = np.float32(self.gamma)
+        for t in range(T - 1, -1, -1):
+            d = self._done[t]
+            r = self._rewards[t]
+            ret = np.where(d, r, r + gamma * ret)
+            b = np.where(d, t + 1, b)
+            n = np.where(d, 1, n + 1)
+            m = np.where(d, np.float32(1.0) - self._terminated[t], m)
+            R[t], boot[t], nsteps[t], masks[t] = ret, b, n, m
+        ts, es = np.nonzero(self._valid[:T])
+        out = Transitions(
+            states=self._obs[ts, es],
+            actions=self._actions[ts, es],
+            rewards=R[ts, es],
+            next_states=self._obs[boot[ts, es], es],
+            nsteps=nsteps[ts, es],
+            masks=masks[ts, es],
+            versions=self._versions[ts, es],
+        )
+        self._obs[0] = self._obs[T]
+        self._t = 0
+        return out
+
+
+class EpisodeTracker:
+    """Running return and length per env; reports each episode when it ends."""
+
+    def __init__(self, num_envs: int) -> None:
+        self._returns = np.zeros(num_envs, dtype=np.float64)
+        self._lengths = np.zeros(num_envs, dtype=np.int64)
+
+    def add(self, rewards, terminated, truncated, valid) -> tuple[np.ndarray, np.ndarray]:
+        """Record one vector step; returns (returns, lengths) of the episodes that just ended."""
+        self._returns += np.where(valid, rewards, 0.0)
+        self._lengths += valid
+        done = np.logical_or(terminated, truncated) & valid
+        if not done.any():
+            return _EMPTY_F, _EMPTY_I
+        finished = self._returns[done].copy(), self._lengths[done].copy()
+        self._returns[done] = 0.0
+        self._lengths[done] = 0
+        return finished
+
+
+_EMPTY_F = np.zeros(0, dtype=np.float64)
+_EMPTY_I = np.zeros(0, dtype=np.int64)
+
+
+def reference_transitions(raw_steps, n_step: int, gamma: float) -> list[dict]:
+    """Slow, obvious reference for ONE env of a vector env, for tests.
+
+    `raw_steps` is the env's stream exactly as a NEXT_STEP-autoreset vector env produces it:
+    a list of (state, action, reward, terminated, truncated, next_state), where the step after
+    an episode's end is the reset step. Segments are the vector clock cut every `n_step` steps
+    (step i belongs to segment i // n_step). Returns one dict per transition, in time order.
+    """
+    def done(k):
+        return raw_steps[k][3] or raw_steps[k][4]
+
+    out = []
+    for i, (s, a, *_rest) in enumerate(raw_steps):
+        if i > 0 and done(i - 1):
+            continue  # the autoreset step: its action is ignored, it is no transition
+        total, discount, j = 0.0, 1.0, i
+        while True:
+            total += discount * raw_steps[j][2]
+            discount *= gamma
+            last_in_segment = (j + 1) % n_step == 0 or j + 1 == len(raw_steps)
+            if done(j) or last_in_segment:
+                break
+            j += 1
+        out.append(dict(state=s, action=a, reward=total, next_state=raw_steps[j][5],
+                        n=j - i + 1, mask=0.0 if raw_steps[j][3] else 1.0))
+    return out

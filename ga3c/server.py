@@ -1,0 +1,241 @@
+"""Wires the components together and runs the service until a stop condition.
+
+Start order is consumers before producers (predictors, trainers, then agents); stop order
+is the reverse. The main thread watches the stop conditions, failures, logging and
+checkpoints; it never blocks for longer than `POLL_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ga3c.agent import Agent
+from ga3c.config import Config
+from ga3c.envs import EnvSpec, make_vector_env
+from ga3c.learner import Learner
+from ga3c.predictor import PredictorGroup
+from ga3c.stats import Stats, Window, read_recent_returns
+from ga3c.threads import POLL_SECONDS, Failure
+from ga3c.trainer import TrainerGroup
+
+JOIN_SECONDS = 10.0
+
+
+class SetupError(Exception):
+    """A problem found before training starts (bad logdir, unreadable checkpoint...)."""
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+class Checkpointer:
+    """tf.train.Checkpoint + CheckpointManager holding the model, optimizer and counters."""
+
+    def __init__(self, learner: Learner, directory: str, keep: int) -> None:
+        self.counters = tf.Variable(np.zeros(3, np.int64), name="counters")  # steps, eps, updates
+        self.train_seconds = tf.Variable(0.0, dtype=tf.float64, name="train_seconds")
+        self.checkpoint = tf.train.Checkpoint(model=learner.model, optimizer=learner.optimizer,
+                                              counters=self.counters,
+                                              train_seconds=self.train_seconds)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=keep)
+
+    @property
+    def latest(self) -> str | None:
+        return self.manager.latest_checkpoint
+
+    def restore_latest(self) -> dict:
+        path = self.manager.latest_checkpoint
+        try:
+            self.checkpoint.restore(path).assert_existing_objects_matched()
+        except Exception as exc:  # noqa: BLE001 - any failure means "cannot resume from it"
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise SetupError(f"cannot restore checkpoint {path}: {first_line[:300]} "
+                             "(use a new --logdir, or move that checkpoint away)") from None
+        steps, episodes, updates = (int(x) for x in self.counters.numpy())
+        return dict(env_steps=steps, episodes=episodes, updates=updates,
+                    train_seconds=float(self.train_seconds.numpy()))
+
+    def save(self, stats: Stats, learner: Learner) -> str:
+        self.counters.assign([stats.env_steps, stats.episodes, learner.version])
+        self.train_seconds.assign(stats.train_seconds())
+        return self.manager.save(checkpoint_number=stats.env_steps)
+
+
+def write_config_json(logdir: str, config: Config) -> None:
+    """Write `config.json`; an earlier, different one is kept as config.<n>.json."""
+    path = os.path.join(logdir, "config.json")
+    text = config.to_json() + "\n"
+    if os.path.exists(path):
+        with open(path) as f:
+            if f.read() == text:
+                return
+        n = 1
+        while os.path.exists(os.path.join(logdir, f"config.{n}.json")):
+            n += 1
+        os.replace(path, os.path.join(logdir, f"config.{n}.json"))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class Server:
+    def __init__(self, config: Config, env_spec: EnvSpec,
+                 stop: threading.Event | None = None) -> None:
+        self.config = config
+        self.env_spec = env_spec
+        self.stop = stop or threading.Event()
+        self.stop_reason = ""
+        self.failure = Failure()
+        self.logdir = config.run.logdir
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stop.is_set():
+            self.stop_reason = reason
+            self.stop.set()
+
+    # -- setup ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Everything that can fail on bad input, before anything in the logdir is written."""
+        cfg = self.config
+        keras.utils.set_random_seed(cfg.run.seed)
+        spec = self.env_spec
+        self.learner = Learner(spec.obs_shape, spec.obs_dtype, spec.num_actions, cfg.network,
+                               cfg.algo)
+        self.checkpointer = Checkpointer(self.learner, os.path.join(self.logdir, "checkpoints"),
+                                         cfg.run.keep_checkpoints)
+        self.resumed: dict | None = None
+        if self.checkpointer.latest:
+            if not cfg.run.resume:
+                raise SetupError(f"{self.logdir} already holds checkpoints and --resume=false: "
+                                 "use a new --logdir, or --resume to continue that run")
+            self.resumed = self.checkpointer.restore_latest()
+            self.learner.set_version(self.resumed["updates"])
+
+    # -- the run -------------------------------------------------------------------------
+    def run(self) -> int:
+        """Train until a stop condition; returns the process exit code (0 ok, 1 failure)."""
+        cfg = self.config
+        write_config_json(self.logdir, cfg)
+        r = self.resumed or {}
+        csv_path = os.path.join(self.logdir, "episodes.csv")
+        stats = Stats(csv_path, r.get("env_steps", 0), r.get("episodes", 0),
+                      r.get("train_seconds", 0.0),
+                      read_recent_returns(csv_path) if self.resumed else None)
+        self.stats = stats
+        if self.resumed:
+            log(f"resumed from {self.checkpointer.latest}: {r['env_steps']:,} env steps, "
+                f"{r['episodes']:,} episodes, {r['updates']:,} updates")
+        writer = tf.summary.create_file_writer(os.path.join(self.logdir, "tb"))
+        p = cfg.pipeline
+        predictors = PredictorGroup(self.learner.predict, lambda: self.learner.version, stats,
+                                    p.max_predict_batch, p.prediction_queue_size, self.stop,
+                                    self.failure)
+        trainers = TrainerGroup(self.learner.train, lambda: self.learner.version, stats,
+                                p.min_train_batch, p.training_queue_size, self.stop, self.failure)
+        env_id, per_agent = cfg.env.env_id, cfg.env.envs_per_agent
+        seed0 = cfg.run.seed * 1_000_003 + r.get("env_steps", 0) % 1_000_003
+        agents = [Agent(i, lambda: make_vector_env(env_id, per_agent), seed0 + i * per_agent,
+                        cfg.algo.n_step, cfg.algo.gamma, predictors, trainers.queue, stats,
+                        self.stop, self.failure) for i in range(p.num_agents)]
+        self.predictors, self.trainers, self.agents = predictors, trainers, agents
+
+        log(f"training {env_id} with {p.num_agents} agents x {per_agent} envs, "
+            f"{p.num_predictors} predictor(s), {p.num_trainers} trainer(s); logdir {self.logdir}")
+        predictors.start(p.num_predictors)
+        trainers.start(p.num_trainers)
+        for a in agents:
+            a.start()
+        stats.window()  # rates start now
+        try:
+            self._watch(stats, writer)
+        except BaseException as exc:  # noqa: BLE001 - reported like any worker's failure
+            self.failure.record(threading.current_thread().name, exc)
+        finally:
+            self.request_stop("stopping")
+            stuck = self._join()
+            stats.close()
+        if self.failure:
+            print(f"ga3c: thread {self.failure.thread_name} failed:\n{self.failure.traceback}",
+                  file=sys.stderr, flush=True)
+            return 1
+        if stuck:
+            print(f"ga3c: threads did not stop within {JOIN_SECONDS:.0f}s: {stuck}", file=sys.stderr)
+        path = self.checkpointer.save(stats, self.learner)
+        self.learner.save_policy(os.path.join(self.logdir, "policy.keras"))
+        writer.close()
+        score = stats.mean_score()
+        log(f"stopped ({self.stop_reason}) after {stats.env_steps:,} env steps, "
+            f"{stats.episodes:,} episodes, {stats.train_seconds():.1f}s of training; "
+            f"score100 {'n/a' if score is None else f'{score:.1f}'}; checkpoint {path}")
+        return 0
+
+    def _watch(self, stats: Stats, writer) -> None:
+        run = self.config.run
+        t0 = time.monotonic()
+        next_log = t0 + run.log_every_seconds
+        next_ckpt = t0 + run.checkpoint_every_seconds
+        while not self.stop.wait(POLL_SECONDS):
+            now = time.monotonic()
+            if run.max_env_steps and stats.env_steps >= run.max_env_steps:
+                self.request_stop(f"reached --max_env_steps={run.max_env_steps:,}")
+            elif run.max_seconds and now - t0 >= run.max_seconds:
+                self.request_stop(f"reached --max_seconds={run.max_seconds:g}")
+            elif run.target_score is not None and stats.num_recent() >= 100:
+                score = stats.mean_score()
+                if score is not None and score >= run.target_score:
+                    self.request_stop(f"solved: mean of last 100 episodes {score:.1f} "
+                                      f">= --target_score={run.target_score:g}")
+            if now >= next_log:
+                next_log = now + run.log_every_seconds
+                self._report(stats.window(), writer)
+            if now >= next_ckpt and not self.stop.is_set():
+                next_ckpt = now + run.checkpoint_every_seconds
+                self.checkpointer.save(stats, self.learner)
+                self.learner.save_policy(os.path.join(self.logdir, "policy.keras"))
+
+    def queue_depths(self) -> dict[str, int]:
+        return {"predict": self.predictors.queue.qsize(), "train": self.trainers.queue.qsize()}
+
+    def _report(self, w: Window, writer) -> None:
+        depths = self.queue_depths()
+        log(w.console_line(depths))
+        scalars = {
+            "rates/env_steps_per_s": w.env_steps_per_s,
+            "rates/predictions_per_s": w.predictions_per_s,
+            "rates/trainings_per_s": w.trainings_per_s,
+            "rates/samples_trained_per_s": w.samples_per_s,
+            "pipeline/mean_predict_batch": w.mean_predict_batch,
+            "pipeline/mean_train_batch": w.mean_train_batch,
+            "queues/predict": depths["predict"],
+            "queues/train": depths["train"],
+            "progress/episodes": w.total_episodes,
+            "progress/train_seconds": self.stats.train_seconds(),
+        }
+        if w.mean_score is not None:
+            scalars["score/mean_last_100"] = w.mean_score
+        if w.policy_lag_mean is not None:
+            scalars["policy_lag/mean"] = w.policy_lag_mean
+            scalars["policy_lag/p95"] = w.policy_lag_p95
+        for k, v in w.losses.items():
+            scalars[f"loss/{k}"] = v
+        with writer.as_default(step=w.total_env_steps):
+            for k, v in scalars.items():
+                tf.summary.scalar(k, v)
+
+    def _join(self) -> list[str]:
+        deadline = time.monotonic() + JOIN_SECONDS
+        threads = [*self.agents, *self.predictors.threads, *self.trainers.threads]
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return [t.name for t in threads if t.is_alive()]
+

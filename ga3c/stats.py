@@ -1,0 +1,176 @@
+"""Thread-safe counters, current rates over a window, the console line, episodes.csv.
+
+Pure Python + numpy (no TensorFlow): the TensorBoard writer lives in `ga3c.server`.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import os
+import threading
+import time
+
+import numpy as np
+
+COUNTERS = ("env_steps", "episodes", "predict_calls", "predictions", "train_calls",
+            "train_samples")
+
+
+@dataclasses.dataclass
+class Window:
+    """What happened between two snapshots: rates are per second of *this* window."""
+
+    seconds: float
+    env_steps: int
+    episodes: int
+    total_env_steps: int
+    total_episodes: int
+    env_steps_per_s: float
+    predictions_per_s: float
+    trainings_per_s: float
+    samples_per_s: float
+    mean_predict_batch: float
+    mean_train_batch: float
+    mean_score: float | None  # mean return of the last 100 episodes (None before the first)
+    policy_lag_mean: float | None
+    policy_lag_p95: float | None
+    losses: dict[str, float]
+
+    def console_line(self, queue_depths: dict[str, int]) -> str:
+        score = "   n/a" if self.mean_score is None else f"{self.mean_score:7.1f}"
+        lag = "n/a" if self.policy_lag_mean is None else f"{self.policy_lag_mean:.1f}"
+        queues = " ".join(f"{k}={v}" for k, v in queue_depths.items())
+        return (f"steps {self.total_env_steps:>10,d}  eps {self.total_episodes:>7,d}  "
+                f"score100 {score}  env/s {self.env_steps_per_s:>8,.0f}  "
+                f"pred/s {self.predictions_per_s:>6,.0f} (batch {self.mean_predict_batch:5.1f})  "
+                f"train/s {self.trainings_per_s:>5,.0f}  samples/s {self.samples_per_s:>8,.0f}  "
+                f"lag {lag}  q {queues}")
+
+
+class Stats:
+    """Counters shared by all threads. Every method takes the one lock briefly."""
+
+    def __init__(self, episodes_csv: str | None = None, start_env_steps: int = 0,
+                 start_episodes: int = 0, start_seconds: float = 0.0,
+                 recent_returns: list[float] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(COUNTERS, 0)
+        self._counts["env_steps"] = start_env_steps
+        self._counts["episodes"] = start_episodes
+        self._returns = collections.deque(recent_returns or [], maxlen=100)
+        self._lags: list[np.ndarray] = []  # one array per training batch of this window
+        self._loss_sums: dict[str, float] = collections.defaultdict(float)
+        self._loss_count = 0
+        self._start_seconds = start_seconds
+        self._t0 = time.monotonic()
+        self._last = (self._t0, dict(self._counts))
+        self._csv_file = None
+        self._csv = None
+        if episodes_csv is not None:
+            new = not os.path.exists(episodes_csv) or os.path.getsize(episodes_csv) == 0
+            self._csv_file = open(episodes_csv, "a", newline="", buffering=1 << 16)
+            self._csv = csv.writer(self._csv_file)
+            if new:
+                self._csv.writerow(["wall_time", "env_steps", "episode_return", "episode_length"])
+
+    # -- written by worker threads --------------------------------------------------------
+    def add_env_steps(self, n: int, returns: np.ndarray, lengths: np.ndarray) -> None:
+        """Count `n` env steps, then record the episodes that ended in them."""
+        with self._lock:
+            self._counts["env_steps"] += n
+            if len(returns) == 0:
+                return
+            steps = self._counts["env_steps"]
+            wall = self.train_seconds()
+            for ret, length in zip(returns.tolist(), lengths.tolist()):
+                self._returns.append(ret)
+                self._counts["episodes"] += 1
+                if self._csv is not None:
+                    self._csv.writerow([f"{wall:.3f}", steps, ret, length])
+
+    def add_predictions(self, batch: int) -> None:
+        with self._lock:
+            self._counts["predict_calls"] += 1
+            self._counts["predictions"] += batch
+
+    def add_training(self, batch: int, lags: np.ndarray, losses: dict[str, float]) -> None:
+        with self._lock:
+            self._counts["train_calls"] += 1
+            self._counts["train_samples"] += batch
+            if len(self._lags) < 10_000:  # bounded even if nobody reads the window
+                self._lags.append(lags)
+            for k, v in losses.items():
+                self._loss_sums[k] += v
+            self._loss_count += 1
+
+    # -- read by the main thread ----------------------------------------------------------
+    def train_seconds(self) -> float:
+        """Seconds of training, including those of earlier runs this one resumed from."""
+        return self._start_seconds + time.monotonic() - self._t0
+
+    @property
+    def env_steps(self) -> int:
+        return self._counts["env_steps"]
+
+    @property
+    def episodes(self) -> int:
+        return self._counts["episodes"]
+
+    def mean_score(self) -> float | None:
+        with self._lock:
+            return float(np.mean(self._returns)) if self._returns else None
+
+    def num_recent(self) -> int:
+        return len(self._returns)
+
+    def window(self) -> Window:
+        """Rates since the previous call (the first call measures from construction)."""
+        with self._lock:
+            now = time.monotonic()
+            counts = dict(self._counts)
+            lags, self._lags = self._lags, []
+            losses = {k: v / self._loss_count for k, v in self._loss_sums.items()}
+            self._loss_sums.clear()
+            self._loss_count = 0
+            score = float(np.mean(self._returns)) if self._returns else None
+            if self._csv_file is not None:
+                self._csv_file.flush()
+        lags = np.concatenate(lags) if lags else np.zeros(0)
+        t_prev, prev = self._last
+        self._last = (now, counts)
+        dt = max(now - t_prev, 1e-9)
+        d = {k: counts[k] - prev[k] for k in counts}
+        return Window(
+            seconds=dt,
+            env_steps=d["env_steps"],
+            episodes=d["episodes"],
+            total_env_steps=counts["env_steps"],
+            total_episodes=counts["episodes"],
+            env_steps_per_s=d["env_steps"] / dt,
+            predictions_per_s=d["predictions"] / dt,
+            trainings_per_s=d["train_calls"] / dt,
+            samples_per_s=d["train_samples"] / dt,
+            mean_predict_batch=d["predictions"] / max(d["predict_calls"], 1),
+            mean_train_batch=d["train_samples"] / max(d["train_calls"], 1),
+            mean_score=score,
+            policy_lag_mean=float(np.mean(lags)) if len(lags) else None,
+            policy_lag_p95=float(np.percentile(lags, 95)) if len(lags) else None,
+            losses=losses,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._csv_file is not None:
+                self._csv_file.close()
+                self._csv_file = self._csv = None
+
+
+def read_recent_returns(episodes_csv: str, count: int = 100) -> list[float]:
+    """The last `count` episode returns of an existing episodes.csv (for resuming)."""
+    if not os.path.exists(episodes_csv):
+        return []
+    with open(episodes_csv, newline="") as f:
+        rows = collections.deque(csv.DictReader(f), maxlen=count)
+    return [float(r["episode_return"]) for r in rows]

@@ -1,0 +1,67 @@
+"""Thread plumbing shared by agents, predictors and trainers (no TensorFlow).
+
+Rules every worker follows: each blocking call has a timeout and re-checks the stop event;
+an exception in any worker is recorded in the shared `Failure` and stops the whole service.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import traceback
+
+POLL_SECONDS = 0.05  # longest any worker blocks before it looks at the stop event again
+
+
+class Failure:
+    """The first exception raised by any worker, with its formatted traceback."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.thread_name: str | None = None
+        self.traceback: str | None = None
+
+    def record(self, thread_name: str, exc: BaseException) -> None:
+        with self._lock:
+            if self.traceback is None:
+                self.thread_name = thread_name
+                self.traceback = "".join(traceback.format_exception(exc))
+
+    def __bool__(self) -> bool:
+        return self.traceback is not None
+
+
+class Worker(threading.Thread):
+    """A thread that runs `work()` until `stop` is set; a crash stops everyone."""
+
+    def __init__(self, name: str, stop: threading.Event, failure: Failure) -> None:
+        super().__init__(name=name, daemon=True)
+        self.stop_event = stop
+        self.failure = failure
+        # Set to retire just this worker (used when shrinking a pool); `stop` ends them all.
+        self.retire = threading.Event()
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_event.is_set() or self.retire.is_set()
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+            self.failure.record(self.name, exc)
+            self.stop_event.set()
+
+    def work(self) -> None:
+        raise NotImplementedError
+
+
+def put_until_stopped(q: queue.Queue, item, worker: Worker) -> bool:
+    """Put on a bounded queue, waiting for room; False if the worker was stopped first."""
+    while not worker.stop_event.is_set():
+        try:
+            q.put(item, timeout=POLL_SECONDS)
+            return True
+        except queue.Full:
+            continue
+    return False

@@ -1,0 +1,75 @@
+"""Optimizer threads: gather at least `min_batch` transitions, run one training step.
+
+The group owns the bounded training queue. Agents put `Transitions` on it; each trainer
+takes items until it holds `min_batch` rows, concatenates them and calls `train_fn`, which
+applies one RMSProp step to the shared model. The policy lag of every row (model updates
+between choosing the action and training on it) is reported to the stats.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable
+
+import numpy as np
+
+from ga3c.returns import Transitions
+from ga3c.threads import POLL_SECONDS, Failure, Worker, put_until_stopped
+
+
+class TrainerGroup:
+    def __init__(self, train_fn: Callable[[Transitions], object], version_fn: Callable[[], int],
+                 stats, min_batch: int, queue_size: int, stop: threading.Event,
+                 failure: Failure) -> None:
+        self.queue: queue.Queue[Transitions] = queue.Queue(maxsize=queue_size)
+        self._train_fn = train_fn
+        self._version_fn = version_fn
+        self._stats = stats
+        self.min_batch = min_batch
+        self._stop, self._failure = stop, failure
+        self.threads: list[Trainer] = []
+
+    def add_thread(self) -> "Trainer":
+        t = Trainer(self, f"trainer-{len(self.threads)}", self._stop, self._failure)
+        self.threads.append(t)
+        t.start()
+        return t
+
+    def start(self, count: int) -> None:
+        for _ in range(count):
+            self.add_thread()
+
+
+class Trainer(Worker):
+    def __init__(self, group: TrainerGroup, name: str, stop: threading.Event,
+                 failure: Failure) -> None:
+        super().__init__(name, stop, failure)
+        self.group = group
+
+    def _gather(self) -> list[Transitions]:
+        parts: list[Transitions] = []
+        rows = 0
+        while rows < self.group.min_batch and not self.stopping:
+            try:
+                item = self.group.queue.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                continue
+            parts.append(item)
+            rows += len(item)
+        return parts
+
+    def work(self) -> None:
+        group = self.group
+        while not self.stopping:
+            parts = self._gather()
+            if self.stopping:
+                if not self.stop_event.is_set():  # retired alone: others train on these
+                    for part in parts:
+                        put_until_stopped(group.queue, part, self)
+                break
+            batch = Transitions.concatenate(parts)
+            lags = group._version_fn() - batch.versions
+            metrics = group._train_fn(batch)
+            losses = metrics._asdict() if hasattr(metrics, "_asdict") else {}
+            group._stats.add_training(len(batch), lags, losses)
