@@ -68,6 +68,6 @@ class Agent(Worker):
             self._stats.add_env_steps(int(np.count_nonzero(valid)), returns, lengths)
             if builder.full and not put_until_stopped(self._training_queue, builder.flush(), self):
                 return
-        if not self.stop_event.is_set() and builder._t > 0:
+        if not self.stop_event.is_set() and builder.pending:
             # Retired while the service runs on: its partial segment still reaches training.
             put_until_stopped(self._training_queue, builder.flush(), self)

@@ -77,6 +77,11 @@ class NStepBuilder:
     def full(self) -> bool:
         return self._t == self.n_step
 
+    @property
+    def pending(self) -> int:
+        """Vector steps recorded since the last flush."""
+        return self._t
+
     def reset(self, obs: np.ndarray) -> None:
         """Start from freshly reset environments."""
         self._obs[0] = obs

@@ -1,0 +1,229 @@
+"""Config dataclasses and flag parsing (no TensorFlow)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ga3c.cli import BadInput, parse_config
+from ga3c.config import AlgoConfig, Config, EnvConfig, NetworkConfig, PipelineConfig, RunConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_FILES = sorted(CONFIG_DIR.glob("*.cfg"))
+CARTPOLE = CONFIG_DIR / "cartpole.cfg"
+
+
+# -- flagfiles ------------------------------------------------------------------------------
+
+def test_config_dir_has_flagfiles():
+    assert CONFIG_FILES, f"no *.cfg in {CONFIG_DIR}"
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+def test_every_flagfile_parses_and_validates(path):
+    config = parse_config([f"--flagfile={path}"])
+    assert isinstance(config, Config)
+    assert config.validate() == []
+
+
+def test_cartpole_flagfile_values_are_applied():
+    c = parse_config([f"--flagfile={CARTPOLE}"])
+    assert c.env == EnvConfig(env_id="CartPole-v1", envs_per_agent=16)
+    assert c.pipeline.num_agents == 4
+    assert c.pipeline.min_train_batch == 256
+    assert c.network.hidden == (64, 64)
+    assert c.algo.learning_rate == pytest.approx(1e-3)
+    assert c.algo.epsilon == pytest.approx(1e-5)
+    assert c.run.target_score == 475.0
+    assert c.run.max_seconds == 300.0
+    assert c.run.logdir == "runs/cartpole"
+
+
+def test_later_flags_override_the_flagfile():
+    base = parse_config([f"--flagfile={CARTPOLE}"])
+    c = parse_config([f"--flagfile={CARTPOLE}", "--seed=7", "--num_agents=2",
+                      "--logdir=/tmp/elsewhere", "--hidden=32"])
+    assert (c.run.seed, c.pipeline.num_agents, c.run.logdir) == (7, 2, "/tmp/elsewhere")
+    assert c.network.hidden == (32,)
+    # Everything not overridden still comes from the file.
+    assert c.env == base.env and c.algo == base.algo
+    assert c.pipeline.min_train_batch == base.pipeline.min_train_batch
+
+
+def test_flagfile_overrides_flags_before_it(tmp_path):
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text("# comment\n--num_agents=3\n--seed=11\n")
+    c = parse_config(["--num_agents=5", f"--flagfile={cfg}", "--seed=12"])
+    assert c.pipeline.num_agents == 3  # the file comes later than --num_agents=5
+    assert c.run.seed == 12
+
+
+def test_parses_are_independent():
+    assert parse_config(["--seed=5"]).run.seed == 5
+    assert parse_config([]).run.seed == Config().run.seed
+    assert parse_config([]) == Config()
+
+
+# -- bool flags -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, want", [
+    (["--resume=false"], False),
+    (["--resume=False"], False),  # the original GA3C turned the string "False" into True
+    (["--resume=0"], False),
+    (["--noresume"], False),
+    (["--resume"], True),
+    (["--resume=true"], True),
+    (["--noresume", "--resume"], True),
+    ([], True),
+])
+def test_bool_flags(argv, want):
+    assert parse_config(argv).run.resume is want
+
+
+def test_separate_towers_bool_flag():
+    assert parse_config(["--separate_towers=false"]).network.separate_towers is False
+    assert parse_config(["--noseparate_towers"]).network.separate_towers is False
+
+
+def test_target_score_is_unset_by_default():
+    assert parse_config([]).run.target_score is None
+    assert parse_config(["--target_score=195.5"]).run.target_score == 195.5
+
+
+# -- validation -----------------------------------------------------------------------------
+
+def test_default_config_is_valid():
+    assert Config().validate() == []
+
+
+def test_validate_lists_every_problem_naming_its_field():
+    bad = Config().replace(
+        pipeline__num_agents=0,
+        pipeline__min_train_batch=-1,
+        algo__gamma=2.0,
+        algo__learning_rate=math.nan,
+        algo__rho=1.0,
+        env__env_id="  ",
+        network__hidden=(64, 0),
+        run__seed=-3,
+        run__keep_checkpoints=0,
+        run__target_score=math.inf,
+    )
+    problems = bad.validate()
+    expected = ["num_agents", "min_train_batch", "gamma", "learning_rate", "rho", "env", "hidden",
+                "seed", "keep_checkpoints", "target_score"]
+    assert len(problems) == len(expected), problems
+    for name in expected:
+        matching = [p for p in problems if p.startswith(f"{name}=")]
+        assert len(matching) == 1, (name, problems)
+    assert any("gamma=2.0" in p and "(0, 1]" in p for p in problems)
+    assert any(p.startswith("seed=-3") for p in problems)
+
+
+def test_validate_cross_field_predict_batch():
+    problems = Config().replace(env__envs_per_agent=16, pipeline__max_predict_batch=8).validate()
+    assert len(problems) == 1 and problems[0].startswith("max_predict_batch=8")
+    assert "envs_per_agent (16)" in problems[0]
+
+
+def test_replace_keeps_other_fields_and_accumulates_same_section():
+    c = Config().replace(algo__gamma=0.9, algo__n_step=7)
+    assert (c.algo.gamma, c.algo.n_step) == (0.9, 7)
+    assert c.algo.learning_rate == Config().algo.learning_rate
+    assert c.pipeline == Config().pipeline
+    assert Config().algo.gamma == 0.99  # the original is untouched
+    section = PipelineConfig(num_agents=3)
+    assert Config().replace(pipeline=section).pipeline is section
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--no_such_flag=1"], "no_such_flag"),
+    (["--flagfile=/nonexistent/ga3c.cfg"], "/nonexistent/ga3c.cfg"),
+    (["--seed=abc"], "seed"),
+    (["--gamma=high"], "gamma"),
+    (["--num_agents=0"], "num_agents"),
+    (["--gamma=1.5"], "gamma"),
+    (["--max_predict_batch=4"], "max_predict_batch"),
+    (["stray"], "stray"),
+    (["--seed=1", "extra", "args"], "extra"),
+    (["--hidden=64,abc"], "hidden"),
+    (["--hidden=64,-1"], "hidden"),
+    (["--hidden="], "hidden"),
+])
+def test_bad_input(argv, fragment):
+    with pytest.raises(BadInput) as info:
+        parse_config(argv)
+    message = str(info.value)
+    assert fragment in message
+    assert "\n" not in message  # shown as one line
+
+
+def test_bad_flag_inside_flagfile(tmp_path):
+    cfg = tmp_path / "bad.cfg"
+    cfg.write_text("--num_agents=2\n--typo_flag=3\n")
+    with pytest.raises(BadInput, match="typo_flag"):
+        parse_config([f"--flagfile={cfg}"])
+
+
+def test_out_of_range_reports_all_problems_at_once():
+    with pytest.raises(BadInput) as info:
+        parse_config(["--num_agents=0", "--gamma=0", "--keep_checkpoints=0"])
+    message = str(info.value)
+    for name in ("num_agents=0", "gamma=0.0", "keep_checkpoints=0"):
+        assert name in message
+
+
+# -- round trip and immutability ------------------------------------------------------------
+
+def custom_config() -> Config:
+    return Config(
+        env=EnvConfig(env_id="Acrobot-v1", envs_per_agent=4),
+        network=NetworkConfig(hidden=(128, 32, 16), separate_towers=False),
+        algo=AlgoConfig(n_step=8, gamma=0.95, clip_norm=40.0),
+        pipeline=PipelineConfig(num_agents=2, num_trainers=1, max_predict_batch=16),
+        run=RunConfig(logdir="/tmp/x", seed=9, target_score=-100.0, resume=False),
+    )
+
+
+@pytest.mark.parametrize("config", [Config(), custom_config(),
+                                    parse_config([f"--flagfile={CARTPOLE}"])],
+                         ids=["default", "custom", "cartpole"])
+def test_round_trip(config):
+    assert Config.from_dict(config.to_dict()) == config
+    data = json.loads(config.to_json())
+    back = Config.from_dict(data)
+    assert back == config
+    assert isinstance(back.network.hidden, tuple)
+    assert back.to_json() == config.to_json()
+
+
+def test_to_dict_shape():
+    d = custom_config().to_dict()
+    assert set(d) == {"env", "network", "algo", "pipeline", "run"}
+    assert d["network"]["hidden"] == (128, 32, 16)
+    assert d["run"]["target_score"] == -100.0
+
+
+def test_from_dict_fills_missing_with_defaults_and_rejects_unknown():
+    c = Config.from_dict({"algo": {"gamma": 0.5}})
+    assert c == Config().replace(algo__gamma=0.5)
+    with pytest.raises(ValueError, match="bogus"):
+        Config.from_dict({"run": {"bogus": 1}})
+
+
+def test_config_is_frozen():
+    c = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.algo = AlgoConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.run.seed = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.pipeline.num_agents = 1
+    assert c == Config()
+    hash(c)  # frozen dataclasses with tuple fields are hashable

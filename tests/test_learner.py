@@ -1,0 +1,114 @@
+"""Loss against a numpy reference, the train step's target, and no retracing."""
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from ga3c.config import AlgoConfig, NetworkConfig  # noqa: E402
+from ga3c.learner import Learner, a3c_loss  # noqa: E402
+from ga3c.returns import Transitions  # noqa: E402
+
+
+def numpy_loss(logits, values, actions, targets, value_coef, entropy_coef):
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    probs = np.exp(log_probs)
+    adv = targets - values
+    policy = -np.mean(log_probs[np.arange(len(actions)), actions] * adv)
+    value = np.mean((targets - values) ** 2)
+    entropy = np.mean(-(probs * log_probs).sum(axis=1))
+    return policy + value_coef * value - entropy_coef * entropy, policy, value, entropy
+
+
+def test_loss_matches_numpy_reference():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(7, 3)).astype(np.float32) * 3
+    values = rng.normal(size=7).astype(np.float32)
+    targets = rng.normal(size=7).astype(np.float32)
+    actions = rng.integers(0, 3, 7).astype(np.int32)
+    got = [float(x) for x in a3c_loss(logits, values, actions, targets, 0.5, 0.01)]
+    want = numpy_loss(logits, values, actions, targets, 0.5, 0.01)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_hand_computed_two_action_case():
+    # logits (0, 0): pi = (0.5, 0.5); action 1; V = 1, target 3 -> advantage 2
+    terms = a3c_loss(np.zeros((1, 2), np.float32), np.array([1.0], np.float32),
+                     np.array([1], np.int32), np.array([3.0], np.float32), 0.5, 0.1)
+    assert float(terms.policy_loss) == pytest.approx(-np.log(0.5) * 2)
+    assert float(terms.value_loss) == pytest.approx(4.0)
+    assert float(terms.entropy) == pytest.approx(np.log(2))
+    assert float(terms.total) == pytest.approx(2 * np.log(2) + 2.0 - 0.1 * np.log(2))
+
+
+def test_loss_is_finite_for_extreme_logits():
+    logits = np.array([[1000.0, -1000.0]], np.float32)
+    terms = a3c_loss(logits, np.zeros(1, np.float32), np.array([1], np.int32),
+                     np.ones(1, np.float32), 0.5, 0.01)
+    assert all(np.isfinite(float(t)) for t in terms)
+
+
+def test_advantage_is_stop_gradient_and_value_gets_value_gradient():
+    logits = tf.Variable(np.zeros((1, 2), np.float32))
+    values = tf.Variable(np.array([1.0], np.float32))
+    with tf.GradientTape() as tape:
+        terms = a3c_loss(logits, values, np.array([0], np.int32), np.array([3.0], np.float32),
+                         0.5, 0.0)
+    g_logits, g_values = tape.gradient(terms.total, [logits, values])
+    # value part only: d/dV 0.5 * (3 - V)^2 = -(3 - V) = -2 (policy term sends none to V)
+    assert float(g_values[0]) == pytest.approx(-2.0)
+    # policy part: -adv * d log pi(a0) / d logits = -2 * (1 - 0.5, -0.5)
+    np.testing.assert_allclose(g_logits.numpy(), [[-1.0, 1.0]], atol=1e-6)
+
+
+def make_learner(**algo):
+    return Learner((3,), np.float32, 2, NetworkConfig(hidden=(8,)), AlgoConfig(**algo))
+
+
+def batch(rng, b, nsteps=None, masks=None):
+    return Transitions(
+        states=rng.normal(size=(b, 3)).astype(np.float32),
+        actions=rng.integers(0, 2, b).astype(np.int32),
+        rewards=rng.normal(size=b).astype(np.float32),
+        next_states=rng.normal(size=(b, 3)).astype(np.float32),
+        nsteps=np.asarray(nsteps if nsteps is not None else rng.integers(1, 6, b), np.int32),
+        masks=np.asarray(masks if masks is not None else rng.integers(0, 2, b), np.float32),
+        versions=np.zeros(b, np.int64),
+    )
+
+
+def test_train_step_target_is_R_plus_gamma_pow_n_V_next_times_mask():
+    rng = np.random.default_rng(1)
+    learner = make_learner(gamma=0.9, value_coef=0.5, entropy_coef=0.01, learning_rate=1e-3)
+    t = batch(rng, 6, nsteps=[1, 2, 3, 4, 5, 2], masks=[1, 0, 1, 1, 0, 1])
+    logits, values = learner.predict(t.states)
+    _, next_values = learner.predict(t.next_states)
+    targets = t.rewards + 0.9 ** t.nsteps * next_values * t.masks
+    want = numpy_loss(logits, values, t.actions, targets, 0.5, 0.01)
+    got = learner.train(t)
+    np.testing.assert_allclose([got.loss, got.policy_loss, got.value_loss, got.entropy], want,
+                               rtol=1e-4, atol=1e-5)
+    assert learner.version == 1
+
+
+def test_train_changes_weights_and_clip_norm_bounds_the_update():
+    rng = np.random.default_rng(2)
+    learner = make_learner(clip_norm=1e-3)
+    before = [w.numpy().copy() for w in learner.model.trainable_variables]
+    metrics = learner.train(batch(rng, 16))
+    after = learner.model.trainable_variables
+    assert any(not np.allclose(a.numpy(), b) for a, b in zip(after, before))
+    assert metrics.grad_norm > 1e-3  # the reported norm is the one before clipping
+
+
+def test_no_retracing_as_batch_sizes_vary():
+    rng = np.random.default_rng(3)
+    learner = make_learner()
+    learner.predict(rng.normal(size=(1, 3)).astype(np.float32))
+    learner.train(batch(rng, 4))
+    counts = learner.trace_counts()
+    for b in (1, 2, 3, 7, 31, 64, 100, 128):
+        learner.predict(rng.normal(size=(b, 3)).astype(np.float32))
+        learner.train(batch(rng, b))
+    assert learner.trace_counts() == counts == (1, 1)
