@@ -141,6 +141,33 @@ def describe(config: Config) -> str:
     return "effective config:\n" + "\n".join(lines)
 
 
+def import_tensorflow_quietly(intra_op_threads: int = 0):
+    """Import TensorFlow and initialise its devices with C++ start-up chatter hidden.
+
+    TensorFlow's native libraries print lines such as "Could not find cuda drivers" straight
+    to file descriptor 2 before any log level applies; on a CPU machine they are noise that
+    looks like an error. Python exceptions are unaffected: they are raised after fd 2 is back.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow as tf
+
+            if intra_op_threads:
+                tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+            tf.config.list_logical_devices()
+            # e.g. "checkpoint being deleted with unrestored values" after a refused restore:
+            # the refusal itself is reported as one clear line.
+            tf.get_logger().setLevel("ERROR")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return tf
+
+
 def _install_signals(server) -> None:
     def handler(signum, _frame):
         if server.stop.is_set():
@@ -167,10 +194,10 @@ def main(argv: list[str] | None = None) -> int:
             raise BadInput(str(exc)) from None
         check_logdir(config.run.logdir)
         print(describe(config), flush=True)
-        import tensorflow as tf
-
-        if config.run.tf_threads:
-            tf.config.threading.set_intra_op_parallelism_threads(config.run.tf_threads)
+        tf = import_tensorflow_quietly(config.run.tf_threads)
+        gpus = tf.config.list_logical_devices("GPU")
+        print(f"device: {', '.join(d.name for d in gpus) if gpus else 'CPU (no GPU found)'}; "
+              f"TensorFlow {tf.__version__}", flush=True)
         from ga3c.server import Server, SetupError
 
         server = Server(config, env_spec)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 import gymnasium as gym
 import numpy as np
@@ -20,12 +21,25 @@ class EnvSpec:
     num_actions: int
 
 
+def resolve_env_id(env_id: str) -> str:
+    """Import the module of a `module:EnvId` id (it registers the env); return the bare id."""
+    if ":" not in env_id:
+        return env_id
+    module, name = env_id.split(":", 1)
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise EnvError(f"env {env_id!r}: cannot import module {module!r}: {exc}") from None
+    return name
+
+
 def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
     """`num_envs` copies of `env_id` stepped together.
 
     Uses the env's own vectorised implementation when it registers one (CartPole does: one
     numpy call steps all copies) and gymnasium's SyncVectorEnv otherwise.
     """
+    env_id = resolve_env_id(env_id)
     spec = gym.spec(env_id)
     mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
     env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode)
@@ -39,7 +53,7 @@ def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
 def inspect_env(env_id: str) -> EnvSpec:
     """Check that `env_id` exists and suits ga3c; raise EnvError with one clear line if not."""
     try:
-        spec = gym.spec(env_id)
+        spec = gym.spec(resolve_env_id(env_id))
     except gym.error.Error as exc:
         raise EnvError(f"unknown env id {env_id!r}: {exc}") from None
     try:

@@ -1,0 +1,192 @@
+"""The real `ga3c-train` entry point in a subprocess: bad inputs, a tiny run, resume, stopping."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A small, fast pipeline; tests add --logdir and stop conditions.
+TINY = ["--env=CartPole-v1", "--num_agents=2", "--envs_per_agent=4", "--max_predict_batch=8",
+        "--min_train_batch=16", "--hidden=16", "--log_every_seconds=0.5"]
+
+
+def cli_env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "ga3c.cli", *args], cwd=REPO, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("ga3c-train: error: ")
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def snapshot(directory):
+    """{relative path: sha256} of every file under `directory`."""
+    out = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One tiny real run (shared by the tests that need a finished logdir)."""
+    logdir = str(tmp_path_factory.mktemp("run") / "cp")
+    proc = run_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=3000")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return logdir, proc
+
+
+# -- bad input: one line, exit 2, nothing written ------------------------------------------
+@pytest.mark.parametrize("args, needles", [
+    (["--flagfile=configs/does_not_exist.cfg"], ["does_not_exist.cfg"]),
+    (["--no_such_flag=1"], ["no_such_flag"]),
+    (["--num_agents=zero"], ["num_agents"]),
+    (["--num_agents=0", "--gamma=1.5"], ["num_agents=0", "gamma=1.5"]),
+    (["--resume=maybe"], ["resume"]),
+    (["stray_positional"], ["stray_positional"]),
+    (["--env=NoSuchEnv-v0"], ["NoSuchEnv-v0"]),
+    (["--env=Pendulum-v1"], ["Pendulum-v1", "Discrete"]),
+    (["--env=no_such_module:Thing-v0"], ["no_such_module"]),
+])
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, args, needles):
+    logdir = tmp_path / "run"
+    proc = run_cli(f"--logdir={logdir}", *args)
+    assert_one_line_error(proc, *needles)
+    assert not logdir.exists()
+
+
+def test_unwritable_logdir(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    proc = run_cli(*TINY, f"--logdir={blocker}/run", "--max_env_steps=100")
+    assert_one_line_error(proc, "not writable", str(blocker))
+    assert blocker.read_text() == "not a directory"
+
+
+def test_bad_flag_never_touches_an_existing_run(trained_run):
+    logdir, _ = trained_run
+    before = snapshot(logdir)
+    proc = run_cli(*TINY, f"--logdir={logdir}", "--learning_rate=-1")
+    assert_one_line_error(proc, "learning_rate")
+    assert snapshot(logdir) == before
+
+
+def test_tiny_run_writes_config_checkpoint_csv_tensorboard_and_policy(trained_run):
+    logdir, proc = trained_run
+    assert "effective config" in proc.stdout
+    assert "stopped (reached --max_env_steps=3,000)" in proc.stdout
+    assert os.path.exists(os.path.join(logdir, "config.json"))
+    assert os.path.exists(os.path.join(logdir, "policy.keras"))
+    assert any(f.startswith("ckpt-") for f in os.listdir(os.path.join(logdir, "checkpoints")))
+    assert any(f.startswith("events") for f in os.listdir(os.path.join(logdir, "tb")))
+    with open(os.path.join(logdir, "episodes.csv")) as f:
+        lines = f.read().splitlines()
+    assert lines[0] == "wall_time,env_steps,episode_return,episode_length"
+    assert len(lines) > 10
+
+
+def test_corrupt_checkpoint_is_refused_and_left_alone(trained_run, tmp_path):
+    import shutil
+
+    logdir = str(tmp_path / "copy")
+    shutil.copytree(trained_run[0], logdir)
+    ckdir = os.path.join(logdir, "checkpoints")
+    data = [f for f in os.listdir(ckdir) if ".data-" in f]
+    for name in data:
+        with open(os.path.join(ckdir, name), "r+b") as f:
+            f.truncate(10)
+    before = snapshot(logdir)
+    proc = run_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=6000")
+    assert_one_line_error(proc, "cannot restore checkpoint")
+    assert snapshot(logdir) == before
+
+
+def test_mismatched_network_checkpoint_is_refused(trained_run):
+    logdir, _ = trained_run
+    before = snapshot(logdir)
+    proc = run_cli(*TINY, f"--logdir={logdir}", "--hidden=32", "--max_env_steps=6000")
+    assert_one_line_error(proc, "cannot restore checkpoint")
+    assert snapshot(logdir) == before
+
+
+def test_existing_checkpoints_with_resume_false_are_not_overwritten(trained_run):
+    logdir, _ = trained_run
+    before = snapshot(logdir)
+    proc = run_cli(*TINY, f"--logdir={logdir}", "--resume=false", "--max_env_steps=100")
+    assert_one_line_error(proc, "--resume=false")
+    assert snapshot(logdir) == before
+
+
+def test_resume_continues_counters_and_appends_episodes(trained_run, tmp_path):
+    import shutil
+
+    logdir = str(tmp_path / "resume")
+    shutil.copytree(trained_run[0], logdir)
+    with open(os.path.join(logdir, "episodes.csv")) as f:
+        rows_before = f.read().splitlines()
+    proc = run_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=6000")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout
+    with open(os.path.join(logdir, "episodes.csv")) as f:
+        rows_after = f.read().splitlines()
+    assert rows_after[:len(rows_before)] == rows_before
+    steps = [int(r.split(",")[1]) for r in rows_after[1:]]
+    assert steps[len(rows_before) - 1] > steps[len(rows_before) - 2] - 1  # counter continues
+    assert steps[-1] >= 3000
+    ckpts = sorted(int(f.split("-")[1].split(".")[0]) for f in
+                   os.listdir(os.path.join(logdir, "checkpoints")) if f.startswith("ckpt-"))
+    assert ckpts[-1] >= 6000
+
+
+def test_thread_exception_exits_1_with_traceback(tmp_path):
+    proc = run_cli(*TINY, "--env=tests.faulty_env:FaultyCartPole-v0", f"--logdir={tmp_path}/f",
+                   "--max_seconds=60")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "thread agent-" in proc.stderr
+    assert "injected fault in env.step" in proc.stderr
+    assert "Traceback" in proc.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_cleanly_and_saves(tmp_path, sig):
+    logdir = tmp_path / "sig"
+    proc = subprocess.Popen([sys.executable, "-m", "ga3c.cli", *TINY, f"--logdir={logdir}",
+                             "--max_seconds=120"], cwd=REPO, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        for line in proc.stdout:  # wait for the first progress line: training is running
+            if "score100" in line or time.monotonic() > deadline:
+                break
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+        stop_seconds = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert f"received {sig.name}" in out
+    assert stop_seconds < 15
+    assert any(f.startswith("ckpt-") for f in os.listdir(logdir / "checkpoints"))
+    assert (logdir / "policy.keras").exists()
