@@ -40,7 +40,8 @@ class Agent(Worker):
         self._predictors = predictors
         self._training_queue = training_queue
         self._stats = stats
-        self.rng = np.random.default_rng(seed)
+        # A stream of its own: the envs are seeded with `seed` too (gymnasium's np_random).
+        self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
 
     def work(self) -> None:
         env = self._make_env()

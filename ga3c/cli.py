@@ -169,11 +169,16 @@ def import_tensorflow_quietly(intra_op_threads: int = 0):
 
 
 def _install_signals(server) -> None:
+    received = []
+
     def handler(signum, _frame):
-        if server.stop.is_set():
-            print(f"{PROG}: second {signal.Signals(signum).name}: exiting now", file=sys.stderr)
+        name = signal.Signals(signum).name
+        received.append(name)
+        if len(received) > 1:
+            print(f"{PROG}: second signal ({name}): exiting now, without a final checkpoint",
+                  file=sys.stderr, flush=True)
             os._exit(130)
-        server.request_stop(f"received {signal.Signals(signum).name}")
+        server.request_stop(f"received {name}")
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)

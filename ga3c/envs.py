@@ -28,8 +28,9 @@ def resolve_env_id(env_id: str) -> str:
     module, name = env_id.split(":", 1)
     try:
         importlib.import_module(module)
-    except ImportError as exc:
-        raise EnvError(f"env {env_id!r}: cannot import module {module!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any import failure is the user's to see
+        raise EnvError(f"env {env_id!r}: cannot import module {module!r}: "
+                       f"{type(exc).__name__}: {exc}") from None
     return name
 
 
@@ -71,5 +72,12 @@ def inspect_env(env_id: str) -> EnvSpec:
     if len(obs.shape) != 1:
         raise EnvError(f"env {env_id!r} has observations of shape {obs.shape}; "
                        "ga3c's MLP needs flat vector observations")
+    try:  # the agents' own construction path, checked once here rather than in a thread
+        make_vector_env(env_id, 1).close()
+    except EnvError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise EnvError(f"env {env_id!r}: its vector env could not be created: "
+                       f"{type(exc).__name__}: {exc}") from None
     dtype = np.dtype(np.float32) if np.issubdtype(obs.dtype, np.floating) else np.dtype(obs.dtype)
     return EnvSpec(tuple(obs.shape), dtype, int(act.n))

@@ -70,18 +70,32 @@ class Checkpointer:
         return self.manager.save(checkpoint_number=stats.env_steps)
 
 
+def keep_aside(path: str) -> None:
+    """Rename an existing file `name.ext` to the first free `name.<n>.ext` (never delete it)."""
+    if not os.path.exists(path):
+        return
+    stem, ext = os.path.splitext(path)
+    n = 1
+    while os.path.exists(f"{stem}.{n}{ext}"):
+        n += 1
+    os.replace(path, f"{stem}.{n}{ext}")
+
+
 def write_config_json(logdir: str, config: Config) -> None:
-    """Write `config.json`; an earlier, different one is kept as config.<n>.json."""
+    """Write `config.json`. An earlier one that differs in anything but the `run` section
+    (stop conditions, intervals, logdir) is kept as config.<n>.json."""
     path = os.path.join(logdir, "config.json")
     text = config.to_json() + "\n"
     if os.path.exists(path):
-        with open(path) as f:
-            if f.read() == text:
-                return
-        n = 1
-        while os.path.exists(os.path.join(logdir, f"config.{n}.json")):
-            n += 1
-        os.replace(path, os.path.join(logdir, f"config.{n}.json"))
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            old = None
+        new = config.to_dict()
+        if old is None or {k: v for k, v in old.items() if k != "run"} != json.loads(
+                json.dumps({k: v for k, v in new.items() if k != "run"})):
+            keep_aside(path)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
@@ -111,8 +125,16 @@ class Server:
         spec = self.env_spec
         self.learner = Learner(spec.obs_shape, spec.obs_dtype, spec.num_actions, cfg.network,
                                cfg.algo)
-        self.checkpointer = Checkpointer(self.learner, os.path.join(self.logdir, "checkpoints"),
-                                         cfg.run.keep_checkpoints)
+        ckdir = os.path.join(self.logdir, "checkpoints")
+        try:
+            self.checkpointer = Checkpointer(self.learner, ckdir, cfg.run.keep_checkpoints)
+        except Exception as exc:  # noqa: BLE001 - e.g. an empty or garbled state file
+            raise SetupError(f"cannot read the checkpoint state in {ckdir}: "
+                             f"{str(exc).strip().splitlines()[0][:300]}") from None
+        if self.checkpointer.latest is None and os.path.isdir(ckdir) and any(
+                f.endswith(".index") for f in os.listdir(ckdir)):
+            raise SetupError(f"{ckdir} holds checkpoints but its 'checkpoint' state file is "
+                             "missing or unreadable; restore it, or use a new --logdir")
         self.resumed: dict | None = None
         if self.checkpointer.latest:
             if not cfg.run.resume:
@@ -120,6 +142,8 @@ class Server:
                                  "use a new --logdir, or --resume to continue that run")
             self.resumed = self.checkpointer.restore_latest()
             self.learner.set_version(self.resumed["updates"])
+            # The optimizer's learning rate is a checkpointed variable: the flag wins.
+            self.learner.optimizer.learning_rate.assign(cfg.algo.learning_rate)
 
     # -- the run -------------------------------------------------------------------------
     def run(self) -> int:
@@ -128,9 +152,13 @@ class Server:
         write_config_json(self.logdir, cfg)
         r = self.resumed or {}
         csv_path = os.path.join(self.logdir, "episodes.csv")
+        if self.resumed:
+            recent = read_recent_returns(csv_path, max_env_steps=r["env_steps"])
+        else:
+            keep_aside(csv_path)  # a run that never checkpointed: its log is kept, not mixed in
+            recent = None
         stats = Stats(csv_path, r.get("env_steps", 0), r.get("episodes", 0),
-                      r.get("train_seconds", 0.0),
-                      read_recent_returns(csv_path) if self.resumed else None)
+                      r.get("train_seconds", 0.0), recent)
         self.stats = stats
         if self.resumed:
             log(f"resumed from {self.checkpointer.latest}: {r['env_steps']:,} env steps, "

@@ -70,8 +70,11 @@ class Stats:
         self._csv = None
         if episodes_csv is not None:
             new = not os.path.exists(episodes_csv) or os.path.getsize(episodes_csv) == 0
+            ends_mid_row = not new and _last_byte(episodes_csv) != b"\n"
             self._csv_file = open(episodes_csv, "a", newline="", buffering=1 << 16)
             self._csv = csv.writer(self._csv_file)
+            if ends_mid_row:  # a killed run left half a row: end it, so ours start clean
+                self._csv_file.write("\n")
             if new:
                 self._csv.writerow(["wall_time", "env_steps", "episode_return", "episode_length"])
 
@@ -167,10 +170,27 @@ class Stats:
                 self._csv_file = self._csv = None
 
 
-def read_recent_returns(episodes_csv: str, count: int = 100) -> list[float]:
-    """The last `count` episode returns of an existing episodes.csv (for resuming)."""
+def _last_byte(path: str) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
+def read_recent_returns(episodes_csv: str, max_env_steps: int, count: int = 100) -> list[float]:
+    """The last `count` episode returns in episodes.csv that the checkpoint covers.
+
+    Rows past `max_env_steps` (written after the last checkpoint by a run that was killed)
+    stay in the file but are not counted; half-written rows are skipped.
+    """
     if not os.path.exists(episodes_csv):
         return []
+    recent: collections.deque[float] = collections.deque(maxlen=count)
     with open(episodes_csv, newline="") as f:
-        rows = collections.deque(csv.DictReader(f), maxlen=count)
-    return [float(r["episode_return"]) for r in rows]
+        for row in csv.reader(f):
+            try:
+                steps, ret = int(row[1]), float(row[2])
+            except (IndexError, ValueError):
+                continue  # the header, or a row cut short by a kill
+            if len(row) == 4 and steps <= max_env_steps:
+                recent.append(ret)
+    return list(recent)

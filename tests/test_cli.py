@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from ga3c.config import Config
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small, fast pipeline; tests add --logdir and stop conditions.
 TINY = ["--env=CartPole-v1", "--num_agents=2", "--envs_per_agent=4", "--max_predict_batch=8",
@@ -67,6 +69,8 @@ def trained_run(tmp_path_factory):
     (["--env=NoSuchEnv-v0"], ["NoSuchEnv-v0"]),
     (["--env=Pendulum-v1"], ["Pendulum-v1", "Discrete"]),
     (["--env=no_such_module:Thing-v0"], ["no_such_module"]),
+    (["--env=:Thing-v0"], [":Thing-v0"]),
+    (["--seed=4294967296"], ["seed"]),
 ])
 def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, args, needles):
     logdir = tmp_path / "run"
@@ -137,6 +141,27 @@ def test_existing_checkpoints_with_resume_false_are_not_overwritten(trained_run)
     assert snapshot(logdir) == before
 
 
+def test_missing_checkpoint_state_file_is_refused(trained_run, tmp_path):
+    import shutil
+
+    logdir = str(tmp_path / "nostate")
+    shutil.copytree(trained_run[0], logdir)
+    os.remove(os.path.join(logdir, "checkpoints", "checkpoint"))
+    before = snapshot(logdir)
+    proc = run_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=6000")
+    assert_one_line_error(proc, "state file")
+    assert snapshot(logdir) == before
+
+
+def checkpoint_learning_rate(logdir):
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(os.path.join(logdir, "checkpoints"))
+    names = [n for n in reader.get_variable_to_shape_map() if "learning_rate" in n]
+    assert len(names) == 1, names
+    return float(reader.get_tensor(names[0]))
+
+
 def test_resume_continues_counters_and_appends_episodes(trained_run, tmp_path):
     import shutil
 
@@ -144,15 +169,24 @@ def test_resume_continues_counters_and_appends_episodes(trained_run, tmp_path):
     shutil.copytree(trained_run[0], logdir)
     with open(os.path.join(logdir, "episodes.csv")) as f:
         rows_before = f.read().splitlines()
-    proc = run_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=6000")
+    assert checkpoint_learning_rate(logdir) == pytest.approx(Config().algo.learning_rate)
+    # A kill can leave half a row: resume must neither crash on it nor glue a row onto it.
+    with open(os.path.join(logdir, "episodes.csv"), "a") as f:
+        f.write("12.5,99")
+    proc = run_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=6000",
+                   "--learning_rate=0.001")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stdout
     with open(os.path.join(logdir, "episodes.csv")) as f:
         rows_after = f.read().splitlines()
     assert rows_after[:len(rows_before)] == rows_before
-    steps = [int(r.split(",")[1]) for r in rows_after[1:]]
-    assert steps[len(rows_before) - 1] > steps[len(rows_before) - 2] - 1  # counter continues
-    assert steps[-1] >= 3000
+    assert rows_after[len(rows_before)] == "12.5,99"  # the half row, ended, not merged
+    new_rows = [r.split(",") for r in rows_after[len(rows_before) + 1:]]
+    assert new_rows and all(len(r) == 4 for r in new_rows)
+    first_steps = int(rows_before[-1].split(",")[1])
+    assert int(new_rows[0][1]) > first_steps  # the env-step counter continued
+    assert float(new_rows[0][0]) > float(rows_before[-1].split(",")[0])  # and the clock
+    assert checkpoint_learning_rate(logdir) == pytest.approx(1e-3)  # the new flag won
     ckpts = sorted(int(f.split("-")[1].split(".")[0]) for f in
                    os.listdir(os.path.join(logdir, "checkpoints")) if f.startswith("ckpt-"))
     assert ckpts[-1] >= 6000
@@ -175,9 +209,12 @@ def test_signal_stops_cleanly_and_saves(tmp_path, sig):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 90
-        for line in proc.stdout:  # wait for the first progress line: training is running
-            if "score100" in line or time.monotonic() > deadline:
+        csv_path = logdir / "episodes.csv"
+        while time.monotonic() < deadline and proc.poll() is None:  # until training runs
+            if csv_path.exists() and csv_path.stat().st_size > 0:
                 break
+            time.sleep(0.2)
+        time.sleep(1.0)
         t0 = time.monotonic()
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)

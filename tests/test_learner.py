@@ -92,14 +92,43 @@ def test_train_step_target_is_R_plus_gamma_pow_n_V_next_times_mask():
     assert learner.version == 1
 
 
-def test_train_changes_weights_and_clip_norm_bounds_the_update():
+def reference_gradients(learner, t, gamma, value_coef, entropy_coef):
+    """Gradients of the loss with the target computed *outside* the tape (a constant)."""
+    _, next_values = learner.predict(t.next_states)
+    targets = (t.rewards + gamma ** t.nsteps * next_values * t.masks).astype(np.float32)
+    variables = learner.model.trainable_variables
+    with tf.GradientTape() as tape:
+        out = learner.model(t.states)
+        loss = a3c_loss(out["logits"], out["value"], t.actions, targets, value_coef,
+                        entropy_coef).total
+    return [g.numpy() for g in tape.gradient(loss, variables)]
+
+
+def rmsprop_first_step(grads, lr, rho, eps):
+    """Keras 3 RMSprop from a zero accumulator: lr * g / sqrt((1 - rho) g^2 + eps)."""
+    return [lr * g / np.sqrt((1 - rho) * g ** 2 + eps) for g in grads]
+
+
+@pytest.mark.parametrize("clip_norm", [0.0, 1e-3])
+def test_train_step_applies_exactly_one_rmsprop_step_of_the_reference_gradient(clip_norm):
+    """Whole train step against a hand-built one: target as a constant (stop-gradient through
+    V(s_n)), loss, optional global-norm clipping, and Keras RMSprop's first update."""
     rng = np.random.default_rng(2)
-    learner = make_learner(clip_norm=1e-3)
+    hp = dict(gamma=0.9, value_coef=0.5, entropy_coef=0.01)
+    # A large epsilon keeps the update linear in the gradient, so clipping shows in it.
+    learner = make_learner(learning_rate=100.0, rho=0.9, epsilon=10.0, clip_norm=clip_norm, **hp)
+    t = batch(rng, 12)
+    grads = reference_gradients(learner, t, **hp)
+    norm = np.sqrt(sum((g ** 2).sum() for g in grads))
+    if clip_norm:
+        assert norm > clip_norm
+        grads = [g * clip_norm / norm for g in grads]
     before = [w.numpy().copy() for w in learner.model.trainable_variables]
-    metrics = learner.train(batch(rng, 16))
-    after = learner.model.trainable_variables
-    assert any(not np.allclose(a.numpy(), b) for a, b in zip(after, before))
-    assert metrics.grad_norm > 1e-3  # the reported norm is the one before clipping
+    metrics = learner.train(t)
+    assert metrics.grad_norm == pytest.approx(norm, rel=1e-4)  # reported before clipping
+    for b, w, step in zip(before, learner.model.trainable_variables,
+                          rmsprop_first_step(grads, 100.0, 0.9, 10.0)):
+        np.testing.assert_allclose(b - w.numpy(), step, rtol=1e-3, atol=1e-6)
 
 
 def test_no_retracing_as_batch_sizes_vary():
