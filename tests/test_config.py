@@ -30,17 +30,25 @@ def test_every_flagfile_parses_and_validates(path):
     assert config.validate() == []
 
 
-def test_cartpole_flagfile_values_are_applied():
+def test_flagfile_values_and_comments_are_applied(tmp_path):
+    cfg = tmp_path / "x.cfg"
+    cfg.write_text("# a comment\n--env=Acrobot-v1\n\n--envs_per_agent=3\n--num_agents=5\n"
+                   "// another comment\n--learning_rate=0.0125\n--noseparate_towers\n"
+                   "--hidden=8,4\n--target_score=-90\n")
+    c = parse_config([f"--flagfile={cfg}"])
+    assert c.env == EnvConfig(env_id="Acrobot-v1", envs_per_agent=3)
+    assert c.pipeline.num_agents == 5
+    assert c.algo.learning_rate == pytest.approx(0.0125)
+    assert c.network == NetworkConfig(hidden=(8, 4), separate_towers=False)
+    assert c.run.target_score == -90.0
+    assert c.run.seed == Config().run.seed  # untouched flags keep their defaults
+
+
+def test_cartpole_cfg_sets_its_stop_conditions():
     c = parse_config([f"--flagfile={CARTPOLE}"])
-    assert c.env == EnvConfig(env_id="CartPole-v1", envs_per_agent=16)
-    assert c.pipeline.num_agents == 4
-    assert c.pipeline.min_train_batch == 256
-    assert c.network.hidden == (64, 64)
-    assert c.algo.learning_rate == pytest.approx(1e-3)
-    assert c.algo.epsilon == pytest.approx(1e-5)
+    assert c.env.env_id == "CartPole-v1"
     assert c.run.target_score == 475.0
-    assert c.run.max_seconds == 300.0
-    assert c.run.logdir == "runs/cartpole"
+    assert c.run.max_seconds > 0
 
 
 def test_later_flags_override_the_flagfile():
@@ -135,7 +143,7 @@ def test_replace_keeps_other_fields_and_accumulates_same_section():
     assert (c.algo.gamma, c.algo.n_step) == (0.9, 7)
     assert c.algo.learning_rate == Config().algo.learning_rate
     assert c.pipeline == Config().pipeline
-    assert Config().algo.gamma == 0.99  # the original is untouched
+    assert Config().algo.gamma == AlgoConfig().gamma != 0.9  # the original is untouched
     section = PipelineConfig(num_agents=3)
     assert Config().replace(pipeline=section).pipeline is section
 
