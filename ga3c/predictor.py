@@ -15,7 +15,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from ga3c.threads import POLL_SECONDS, Failure, Worker, put_until_stopped
+from ga3c.threads import (POLL_SECONDS, Failure, PoolWorker, Worker, WorkerPool,
+                          put_until_stopped)
 
 
 class Reply(NamedTuple):
@@ -53,18 +54,18 @@ class _Request(NamedTuple):
 PredictFn = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 
 
-class PredictorGroup:
+class PredictorGroup(WorkerPool):
     """Owns the prediction queue and the predictor threads that drain it."""
+
+    name = "predictor"
 
     def __init__(self, predict_fn: PredictFn, version_fn: Callable[[], int], stats,
                  max_batch: int, queue_size: int, stop: threading.Event, failure: Failure) -> None:
-        self.queue: queue.Queue[_Request] = queue.Queue(maxsize=queue_size)
+        super().__init__(queue_size, stop, failure)
         self._predict_fn = predict_fn
         self._version_fn = version_fn
         self._stats = stats
         self.max_batch = max_batch
-        self._stop, self._failure = stop, failure
-        self.threads: list[Predictor] = []
 
     def predict(self, states: np.ndarray, slot: ReplySlot, worker: Worker) -> Reply | None:
         """Called by an agent thread: blocks until its reply arrives (None: service stopped)."""
@@ -72,22 +73,11 @@ class PredictorGroup:
             return None
         return slot.wait(worker)
 
-    def add_thread(self) -> "Predictor":
-        t = Predictor(self, f"predictor-{len(self.threads)}", self._stop, self._failure)
-        self.threads.append(t)
-        t.start()
-        return t
 
-    def start(self, count: int) -> None:
-        for _ in range(count):
-            self.add_thread()
-
-
-class Predictor(Worker):
+class Predictor(PoolWorker):
     def __init__(self, group: PredictorGroup, name: str, stop: threading.Event,
                  failure: Failure) -> None:
-        super().__init__(name, stop, failure)
-        self.group = group
+        super().__init__(group, name, stop, failure)
         self._carry: _Request | None = None  # a request that did not fit the previous batch
 
     def _next_batch(self) -> list[_Request]:
@@ -132,3 +122,6 @@ class Predictor(Worker):
             group._stats.add_predictions(len(states))
         if self._carry is not None:  # retired with a request in hand: hand it back
             put_until_stopped(group.queue, self._carry, self)
+
+
+PredictorGroup.worker_class = Predictor

@@ -56,6 +56,41 @@ class Worker(threading.Thread):
         raise NotImplementedError
 
 
+class WorkerPool:
+    """Owns a bounded input queue and the worker threads that drain it.
+
+    Subclasses set `worker_class` (constructed as `worker_class(pool, name, stop, failure)`)
+    and `name`; `add_thread()` starts one more worker, so pools can grow while running.
+    """
+
+    worker_class: type[Worker]
+    name: str
+
+    def __init__(self, queue_size: int, stop: threading.Event, failure: Failure) -> None:
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._stop, self._failure = stop, failure
+        self.threads: list[Worker] = []
+
+    def add_thread(self) -> Worker:
+        t = self.worker_class(self, f"{self.name}-{len(self.threads)}", self._stop, self._failure)
+        self.threads.append(t)
+        t.start()
+        return t
+
+    def start(self, count: int) -> None:
+        for _ in range(count):
+            self.add_thread()
+
+
+class PoolWorker(Worker):
+    """A worker that belongs to a `WorkerPool` (its `group`)."""
+
+    def __init__(self, group: WorkerPool, name: str, stop: threading.Event,
+                 failure: Failure) -> None:
+        super().__init__(name, stop, failure)
+        self.group = group
+
+
 def put_until_stopped(q: queue.Queue, item, worker: Worker) -> bool:
     """Put on a bounded queue, waiting for room; False if the worker was stopped first."""
     while not worker.stop_event.is_set():

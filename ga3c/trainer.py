@@ -12,40 +12,27 @@ import queue
 import threading
 from typing import Callable
 
-import numpy as np
 
 from ga3c.returns import Transitions
-from ga3c.threads import POLL_SECONDS, Failure, Worker, put_until_stopped
+from ga3c.threads import POLL_SECONDS, Failure, PoolWorker, WorkerPool, put_until_stopped
 
 
-class TrainerGroup:
+class TrainerGroup(WorkerPool):
+    """Owns the training queue and the optimizer threads that drain it."""
+
+    name = "trainer"
+
     def __init__(self, train_fn: Callable[[Transitions], object], version_fn: Callable[[], int],
                  stats, min_batch: int, queue_size: int, stop: threading.Event,
                  failure: Failure) -> None:
-        self.queue: queue.Queue[Transitions] = queue.Queue(maxsize=queue_size)
+        super().__init__(queue_size, stop, failure)
         self._train_fn = train_fn
         self._version_fn = version_fn
         self._stats = stats
         self.min_batch = min_batch
-        self._stop, self._failure = stop, failure
-        self.threads: list[Trainer] = []
-
-    def add_thread(self) -> "Trainer":
-        t = Trainer(self, f"trainer-{len(self.threads)}", self._stop, self._failure)
-        self.threads.append(t)
-        t.start()
-        return t
-
-    def start(self, count: int) -> None:
-        for _ in range(count):
-            self.add_thread()
 
 
-class Trainer(Worker):
-    def __init__(self, group: TrainerGroup, name: str, stop: threading.Event,
-                 failure: Failure) -> None:
-        super().__init__(name, stop, failure)
-        self.group = group
+class Trainer(PoolWorker):
 
     def _gather(self) -> list[Transitions]:
         parts: list[Transitions] = []
@@ -73,3 +60,6 @@ class Trainer(Worker):
             metrics = group._train_fn(batch)
             losses = metrics._asdict() if hasattr(metrics, "_asdict") else {}
             group._stats.add_training(len(batch), lags, losses)
+
+
+TrainerGroup.worker_class = Trainer

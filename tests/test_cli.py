@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,14 @@ def assert_one_line_error(proc, *needles):
     assert "Traceback" not in proc.stderr + proc.stdout
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+def assert_refused_and_untouched(logdir, *args, needle):
+    """ga3c-train on an existing run with bad input: one-line refusal, not a byte changed."""
+    before = snapshot(logdir)
+    proc = run_cli(*TINY, f"--logdir={logdir}", *args)
+    assert_one_line_error(proc, needle)
+    assert snapshot(logdir) == before
 
 
 def snapshot(directory):
@@ -89,10 +98,7 @@ def test_unwritable_logdir(tmp_path):
 
 def test_bad_flag_never_touches_an_existing_run(trained_run):
     logdir, _ = trained_run
-    before = snapshot(logdir)
-    proc = run_cli(*TINY, f"--logdir={logdir}", "--learning_rate=-1")
-    assert_one_line_error(proc, "learning_rate")
-    assert snapshot(logdir) == before
+    assert_refused_and_untouched(logdir, "--learning_rate=-1", needle="learning_rate")
 
 
 def test_tiny_run_writes_config_checkpoint_csv_tensorboard_and_policy(trained_run):
@@ -109,48 +115,37 @@ def test_tiny_run_writes_config_checkpoint_csv_tensorboard_and_policy(trained_ru
     assert len(lines) > 10
 
 
-def test_corrupt_checkpoint_is_refused_and_left_alone(trained_run, tmp_path):
-    import shutil
-
-    logdir = str(tmp_path / "copy")
+def copy_run(trained_run, tmp_path, name):
+    """A private copy of the shared tiny run, for tests that change or resume it."""
+    logdir = str(tmp_path / name)
     shutil.copytree(trained_run[0], logdir)
+    return logdir
+
+
+def test_corrupt_checkpoint_is_refused_and_left_alone(trained_run, tmp_path):
+    logdir = copy_run(trained_run, tmp_path, "corrupt")
     ckdir = os.path.join(logdir, "checkpoints")
     data = [f for f in os.listdir(ckdir) if ".data-" in f]
     for name in data:
         with open(os.path.join(ckdir, name), "r+b") as f:
             f.truncate(10)
-    before = snapshot(logdir)
-    proc = run_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=6000")
-    assert_one_line_error(proc, "cannot restore checkpoint")
-    assert snapshot(logdir) == before
+    assert_refused_and_untouched(logdir, "--max_env_steps=6000", needle="cannot restore checkpoint")
 
 
 def test_mismatched_network_checkpoint_is_refused(trained_run):
     logdir, _ = trained_run
-    before = snapshot(logdir)
-    proc = run_cli(*TINY, f"--logdir={logdir}", "--hidden=32", "--max_env_steps=6000")
-    assert_one_line_error(proc, "cannot restore checkpoint")
-    assert snapshot(logdir) == before
+    assert_refused_and_untouched(logdir, "--hidden=32", "--max_env_steps=6000", needle="cannot restore checkpoint")
 
 
 def test_existing_checkpoints_with_resume_false_are_not_overwritten(trained_run):
     logdir, _ = trained_run
-    before = snapshot(logdir)
-    proc = run_cli(*TINY, f"--logdir={logdir}", "--resume=false", "--max_env_steps=100")
-    assert_one_line_error(proc, "--resume=false")
-    assert snapshot(logdir) == before
+    assert_refused_and_untouched(logdir, "--resume=false", "--max_env_steps=100", needle="--resume=false")
 
 
 def test_missing_checkpoint_state_file_is_refused(trained_run, tmp_path):
-    import shutil
-
-    logdir = str(tmp_path / "nostate")
-    shutil.copytree(trained_run[0], logdir)
+    logdir = copy_run(trained_run, tmp_path, "nostate")
     os.remove(os.path.join(logdir, "checkpoints", "checkpoint"))
-    before = snapshot(logdir)
-    proc = run_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=6000")
-    assert_one_line_error(proc, "state file")
-    assert snapshot(logdir) == before
+    assert_refused_and_untouched(logdir, "--max_env_steps=6000", needle="state file")
 
 
 def checkpoint_learning_rate(logdir):
@@ -163,10 +158,7 @@ def checkpoint_learning_rate(logdir):
 
 
 def test_resume_continues_counters_and_appends_episodes(trained_run, tmp_path):
-    import shutil
-
-    logdir = str(tmp_path / "resume")
-    shutil.copytree(trained_run[0], logdir)
+    logdir = copy_run(trained_run, tmp_path, "resume")
     with open(os.path.join(logdir, "episodes.csv")) as f:
         rows_before = f.read().splitlines()
     assert checkpoint_learning_rate(logdir) == pytest.approx(Config().algo.learning_rate)
