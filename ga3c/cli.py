@@ -1,6 +1,8 @@
-"""`ga3c-train`: the only module that reads flags.
+"""The command-line entry points, and the only module that reads flags.
 
     ga3c-train --flagfile=configs/cartpole.cfg [--flag=value ...]
+    ga3c-eval --logdir=runs/cp1 [--episodes=20 --policy=sample --video_dir=videos/cp1]
+    ga3c-plot --logdir=runs/cp1 [--logdir=runs/cp2 ...] --out=curve.png
 
 Flags after `--flagfile` override the file. The flags become one frozen `Config`; a bad
 flag, flagfile, value, env id, logdir or checkpoint ends the program with one line on stderr
@@ -71,22 +73,31 @@ def define_flags(fv: flags.FlagValues) -> None:
                       flag_values=fv)
     flags.DEFINE_integer("tf_threads", r.tf_threads,
                          "TensorFlow intra-op threads (0: TensorFlow decides).", flag_values=fv)
+    flags.DEFINE_bool("xla", r.xla, "Compile predict and train steps with XLA.", flag_values=fv)
+    flags.DEFINE_bool("mixed_precision", r.mixed_precision,
+                      "bfloat16 compute with float32 variables (for recent GPUs).", flag_values=fv)
 
 
 class BadInput(Exception):
     """Shown as one line, exit code 2."""
 
 
-def parse_config(argv: list[str]) -> Config:
-    """argv (without the program name) -> validated Config; raises BadInput."""
+def parse_flags(define, argv: list[str], prog: str) -> flags.FlagValues:
+    """Parse argv (without the program name) into a private FlagValues; raises BadInput."""
     fv = flags.FlagValues()
-    define_flags(fv)
+    define(fv)
     try:
-        rest = fv([PROG, *argv])
+        rest = fv([prog, *argv])
     except flags.Error as exc:
         raise BadInput(str(exc).strip().splitlines()[0]) from None
     if len(rest) > 1:
         raise BadInput(f"unexpected arguments {rest[1:]} (flags look like --name=value)")
+    return fv
+
+
+def parse_config(argv: list[str]) -> Config:
+    """argv (without the program name) -> validated Config; raises BadInput."""
+    fv = parse_flags(define_flags, argv, PROG)
     try:
         hidden = tuple(int(h) for h in fv.hidden)
     except ValueError:
@@ -107,7 +118,8 @@ def parse_config(argv: list[str]) -> Config:
                       checkpoint_every_seconds=fv.checkpoint_every_seconds,
                       keep_checkpoints=fv.keep_checkpoints,
                       log_every_seconds=fv.log_every_seconds, resume=fv.resume,
-                      tf_threads=fv.tf_threads),
+                      tf_threads=fv.tf_threads, xla=fv.xla,
+                      mixed_precision=fv.mixed_precision),
     )
     problems = config.validate()
     if problems:
@@ -115,11 +127,14 @@ def parse_config(argv: list[str]) -> Config:
     return config
 
 
-def help_text() -> str:
+def help_text(define, usage: str) -> str:
     fv = flags.FlagValues()
-    define_flags(fv)
-    return (f"usage: {PROG} --flagfile=configs/cartpole.cfg [--flag=value ...]\n\n"
-            + fv.get_help(include_special_flags=False))
+    define(fv)
+    return f"usage: {usage}\n\n" + fv.get_help(include_special_flags=False)
+
+
+def wants_help(argv: list[str]) -> bool:
+    return any(a in ("-h", "--help", "-help", "--helpfull") for a in argv)
 
 
 def check_logdir(logdir: str) -> None:
@@ -158,6 +173,9 @@ def import_tensorflow_quietly(intra_op_threads: int = 0):
 
             if intra_op_threads:
                 tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+            for gpu in tf.config.list_physical_devices("GPU"):
+                # Grow GPU memory as needed instead of grabbing it all at start.
+                tf.config.experimental.set_memory_growth(gpu, True)
             tf.config.list_logical_devices()
             # e.g. "checkpoint being deleted with unrestored values" after a refused restore:
             # the refusal itself is reported as one clear line.
@@ -186,10 +204,11 @@ def _install_signals(server) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv):
-        print(help_text())
+    if wants_help(argv):
+        print(help_text(define_flags, f"{PROG} --flagfile=configs/cartpole.cfg [--flag=...]"))
         return 0
-    try:
+
+    def body() -> int:
         config = parse_config(argv)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from ga3c.envs import EnvError, inspect_env
@@ -202,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         tf = import_tensorflow_quietly(config.run.tf_threads)
         gpus = tf.config.list_logical_devices("GPU")
         print(f"device: {', '.join(d.name for d in gpus) if gpus else 'CPU (no GPU found)'}; "
-              f"TensorFlow {tf.__version__}", flush=True)
+              f"TensorFlow {tf.__version__}; XLA {'on' if config.run.xla else 'off'}; "
+              f"mixed precision {'on (bfloat16)' if config.run.mixed_precision else 'off'}",
+              flush=True)
         from ga3c.server import Server, SetupError
 
         server = Server(config, env_spec)
@@ -212,17 +233,110 @@ def main(argv: list[str] | None = None) -> int:
             raise BadInput(str(exc)) from None
         _install_signals(server)
         return server.run()
+
+    return guarded(PROG, body)
+
+
+def define_eval_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("logdir", None, "Run directory to evaluate (required).", flag_values=fv)
+    flags.DEFINE_string("checkpoint", None, "Checkpoint path prefix (default: the latest).",
+                        flag_values=fv)
+    flags.DEFINE_integer("episodes", 10, "Episodes to play.", flag_values=fv)
+    flags.DEFINE_enum("policy", "greedy", ["greedy", "sample"],
+                      "greedy: argmax action; sample: draw from the policy.", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Seed of the first episode (then seed+1, ...).",
+                         flag_values=fv)
+    flags.DEFINE_string("env", None, "Play on this env instead of the run's (same spaces).",
+                        flag_values=fv)
+    flags.DEFINE_string("video_dir", None, "Write one mp4 per episode here (needs the "
+                        "[video] extra).", flag_values=fv)
+    flags.DEFINE_string("json", None, "Summary JSON path (default: <logdir>/eval-<ckpt>.json).",
+                        flag_values=fv)
+
+
+def define_plot_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_multi_string("logdir", [], "Run directory (repeat to overlay runs).",
+                              flag_values=fv)
+    flags.DEFINE_string("out", "curve.png", "Output image (PNG).", flag_values=fv)
+    flags.DEFINE_integer("window", 100, "Episodes in the rolling mean.", flag_values=fv)
+    flags.DEFINE_string("title", None, "Figure title.", flag_values=fv)
+
+
+def guarded(prog: str, body) -> int:
+    """Run an entry point's body: bad input is one line on stderr and exit code 2."""
+    try:
+        return body()
     except BadInput as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted before training started", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    prog = "ga3c-eval"
+    argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv):
+        print(help_text(define_eval_flags, f"{prog} --logdir=runs/cp1 [--episodes=20 ...]"))
+        return 0
+
+    def body() -> int:
+        fv = parse_flags(define_eval_flags, argv, prog)
+        if not fv.logdir:
+            raise BadInput("--logdir is required")
+        import_tensorflow_quietly()
+        from ga3c.evaluate import EvalError, evaluate, write_summary
+
+        try:
+            summary = evaluate(fv.logdir, fv.episodes, fv.policy, fv.seed, fv.checkpoint,
+                               fv.video_dir, fv.env)
+        except EvalError as exc:
+            raise BadInput(str(exc)) from None
+        path = fv.json or os.path.join(
+            fv.logdir, f"eval-{os.path.basename(summary.checkpoint)}-{fv.policy}.json")
+        write_summary(summary, path)
+        print(summary.table())
+        print(f"checkpoint {summary.checkpoint}; summary written to {path}")
+        for video in summary.videos:
+            print(f"video {video}")
+        return 0
+
+    return guarded(prog, body)
+
+
+def plot_main(argv: list[str] | None = None) -> int:
+    prog = "ga3c-plot"
+    argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv):
+        print(help_text(define_plot_flags, f"{prog} --logdir=runs/cp1 [--logdir=...] --out=x.png"))
+        return 0
+
+    def body() -> int:
+        fv = parse_flags(define_plot_flags, argv, prog)
+        if not fv.logdir:
+            raise BadInput("give at least one --logdir")
+        if fv.window < 1:
+            raise BadInput(f"--window={fv.window}: must be >= 1")
+        from ga3c.plot import PlotError, plot_runs
+
+        try:
+            out = plot_runs(fv.logdir, fv.out, fv.window, fv.title)
+        except PlotError as exc:
+            raise BadInput(str(exc)) from None
+        print(f"wrote {out}")
+        return 0
+
+    return guarded(prog, body)
 
 
 def entry_point() -> None:
     sys.exit(main())
 
 
-if __name__ == "__main__":
-    entry_point()
+def eval_entry_point() -> None:
+    sys.exit(eval_main())
+
+
+def plot_entry_point() -> None:
+    sys.exit(plot_main())

@@ -70,6 +70,9 @@ class RunConfig:
     log_every_seconds: float = 2.0
     resume: bool = True
     tf_threads: int = 0  # TensorFlow intra-op threads; 0 lets TensorFlow decide
+    # Device options, off by default (on CPU they cost more than they give).
+    xla: bool = False  # compile predict and train with XLA (batches padded to powers of two)
+    mixed_precision: bool = False  # bfloat16 compute, float32 variables
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,8 @@ class LossTerms(NamedTuple):
     entropy: object
 
 
-def a3c_loss(logits, values, actions, targets, value_coef: float, entropy_coef: float) -> LossTerms:
+def a3c_loss(logits, values, actions, targets, value_coef: float, entropy_coef: float,
+             weights=None) -> LossTerms:
     """Actor-critic loss averaged over the batch.
 
     policy_loss = -mean(log pi(a|s) * stop_gradient(target - V(s)))
@@ -37,14 +38,26 @@ def a3c_loss(logits, values, actions, targets, value_coef: float, entropy_coef: 
     entropy     = mean(-sum_a pi(a|s) log pi(a|s))
     total       = policy_loss + value_coef * value_loss - entropy_coef * entropy
     Log-probabilities come from log_softmax of the logits, so no log(0) can occur.
+    `weights` (0 or 1 per row) leaves padding rows out of every mean (used under XLA, where
+    batches are padded to a few fixed sizes).
     """
+    logits = ops.cast(logits, "float32")
+    values = ops.cast(values, "float32")
+    if weights is None:
+        mean = ops.mean
+    else:
+        total_weight = ops.maximum(ops.sum(weights), 1.0)
+
+        def mean(x):
+            return ops.sum(x * weights) / total_weight
+
     log_probs = ops.log_softmax(logits, axis=-1)
     actions = ops.cast(actions, "int32")
     log_pi_a = ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(actions, -1), axis=-1), -1)
     advantages = ops.stop_gradient(targets - values)
-    policy_loss = -ops.mean(log_pi_a * advantages)
-    value_loss = ops.mean(ops.square(targets - values))
-    entropy = ops.mean(-ops.sum(ops.exp(log_probs) * log_probs, axis=-1))
+    policy_loss = -mean(log_pi_a * advantages)
+    value_loss = mean(ops.square(targets - values))
+    entropy = mean(-ops.sum(ops.exp(log_probs) * log_probs, axis=-1))
     total = policy_loss + value_coef * value_loss - entropy_coef * entropy
     return LossTerms(total, policy_loss, value_loss, entropy)
 
@@ -57,16 +70,41 @@ class TrainMetrics(NamedTuple):
     grad_norm: float
 
 
+def bucket_size(n: int, smallest: int = 8) -> int:
+    """The padded batch size for `n` rows under XLA: the next power of two (>= smallest)."""
+    return max(smallest, 1 << max(n - 1, 0).bit_length())
+
+
+def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
+    if len(x) == size:
+        return x
+    out = np.zeros((size, *x.shape[1:]), dtype=x.dtype)
+    out[:len(x)] = x
+    return out
+
+
 class Learner:
-    """Owns the shared Keras model, its RMSProp optimizer and the model version counter."""
+    """Owns the shared Keras model, its RMSProp optimizer and the model version counter.
+
+    `xla=True` compiles predict and train with XLA; batches are then zero-padded to a power
+    of two (padding rows carry weight 0 in the loss), so XLA compiles each function for a
+    handful of sizes rather than for every batch size. `mixed_precision=True` computes in
+    bfloat16 with float32 variables (bfloat16 keeps float32's range, so no loss scaling).
+    """
 
     def __init__(self, obs_shape, obs_dtype, num_actions: int, network: NetworkConfig,
-                 algo: AlgoConfig) -> None:
+                 algo: AlgoConfig, xla: bool = False, mixed_precision: bool = False) -> None:
         self.obs_shape = tuple(obs_shape)
         self.obs_dtype = np.dtype(obs_dtype)
         self.num_actions = num_actions
         self.algo = algo
-        self.model = build_network(self.obs_shape, self.obs_dtype.name, num_actions, network)
+        self.xla = xla
+        policy = keras.config.dtype_policy()
+        keras.config.set_dtype_policy("mixed_bfloat16" if mixed_precision else "float32")
+        try:
+            self.model = build_network(self.obs_shape, self.obs_dtype.name, num_actions, network)
+        finally:
+            keras.config.set_dtype_policy(policy)
         self.optimizer = keras.optimizers.RMSprop(
             learning_rate=algo.learning_rate, rho=algo.rho, epsilon=algo.epsilon)
         self.optimizer.build(self.model.trainable_variables)
@@ -74,14 +112,16 @@ class Learner:
         self._version_lock = threading.Lock()
 
         obs_spec = tf.TensorSpec([None, *self.obs_shape], tf.as_dtype(self.obs_dtype))
-        self._predict = tf.function(self._predict_impl, input_signature=[obs_spec])
-        self._train = tf.function(self._train_impl, input_signature=[
+        self._predict = tf.function(self._predict_impl, input_signature=[obs_spec],
+                                    jit_compile=xla)
+        self._train = tf.function(self._train_impl, jit_compile=xla, input_signature=[
             obs_spec,  # states
             tf.TensorSpec([None], tf.int32),  # actions
             tf.TensorSpec([None], tf.float32),  # rewards (n-step sums)
             obs_spec,  # next states
             tf.TensorSpec([None], tf.int32),  # n
             tf.TensorSpec([None], tf.float32),  # masks
+            tf.TensorSpec([None], tf.float32),  # row weights (0: padding)
         ])
         # Calling the concrete functions directly skips tf.function's argument binding,
         # which costs about as much as the tiny MLP's inference itself on CPU.
@@ -91,18 +131,20 @@ class Learner:
     # -- compiled functions ---------------------------------------------------------------
     def _predict_impl(self, states):
         out = self.model(states, training=False)
-        return out["logits"], out["value"]
+        return tf.cast(out["logits"], tf.float32), tf.cast(out["value"], tf.float32)
 
-    def _train_impl(self, states, actions, rewards, next_states, nsteps, masks):
+    def _train_impl(self, states, actions, rewards, next_states, nsteps, masks, weights):
         algo = self.algo
         batch = tf.shape(states)[0]
         with tf.GradientTape() as tape:
             out = self.model(tf.concat([states, next_states], axis=0), training=True)
             logits = out["logits"][:batch]
-            values, next_values = out["value"][:batch], out["value"][batch:]
+            value = tf.cast(out["value"], tf.float32)
+            values, next_values = value[:batch], value[batch:]
             discounts = tf.pow(tf.constant(algo.gamma, tf.float32), tf.cast(nsteps, tf.float32))
             targets = rewards + discounts * tf.stop_gradient(next_values) * masks
-            terms = a3c_loss(logits, values, actions, targets, algo.value_coef, algo.entropy_coef)
+            terms = a3c_loss(logits, values, actions, targets, algo.value_coef, algo.entropy_coef,
+                             weights)
         variables = self.model.trainable_variables
         grads = tape.gradient(terms.total, variables)
         if algo.clip_norm > 0:
@@ -124,12 +166,20 @@ class Learner:
             self._version = int(version)
 
     def predict(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(states)
+        if self.xla:
+            states = pad_rows(states, bucket_size(n))
         logits, values = self._predict_fn(states)
-        return logits.numpy(), values.numpy()
+        return logits.numpy()[:n], values.numpy()[:n]
 
     def train(self, batch: Transitions) -> TrainMetrics:
-        metrics = self._train_fn(batch.states, batch.actions, batch.rewards, batch.next_states,
-                              batch.nsteps, batch.masks)
+        n = len(batch)
+        columns = (batch.states, batch.actions, batch.rewards, batch.next_states, batch.nsteps,
+                   batch.masks, np.ones(n, np.float32))
+        if self.xla:
+            size = bucket_size(n)
+            columns = tuple(pad_rows(c, size) for c in columns)
+        metrics = self._train_fn(*columns)
         with self._version_lock:
             self._version += 1
         return TrainMetrics(*metrics.numpy().tolist())

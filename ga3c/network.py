@@ -19,7 +19,7 @@ def build_network(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
     if len(obs_shape) != 1:
         raise ValueError(f"the MLP network needs flat observations, got shape {obs_shape}")
     inputs = keras.Input(shape=obs_shape, dtype=obs_dtype, name="obs")
-    x = layers.Activation("linear", dtype="float32", name="to_float")(inputs)
+    x = layers.Activation("linear", name="to_float")(inputs)  # cast to the compute dtype
 
     def tower(prefix: str):
         h = x
@@ -29,8 +29,9 @@ def build_network(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
 
     pi_features = tower("pi" if config.separate_towers else "trunk")
     v_features = tower("v") if config.separate_towers else pi_features
-    logits = layers.Dense(num_actions, name="logits",
+    # Heads in float32 even under a mixed-precision policy: logits feed a log-softmax.
+    logits = layers.Dense(num_actions, name="logits", dtype="float32",
                           kernel_initializer=keras.initializers.Orthogonal(0.01))(pi_features)
-    value = layers.Dense(1, name="value_head")(v_features)
-    value = layers.Reshape((), name="value")(value)
+    value = layers.Dense(1, name="value_head", dtype="float32")(v_features)
+    value = layers.Reshape((), name="value", dtype="float32")(value)
     return keras.Model(inputs, {"logits": logits, "value": value}, name="ga3c_mlp")

@@ -124,7 +124,8 @@ class Server:
         keras.utils.set_random_seed(cfg.run.seed)
         spec = self.env_spec
         self.learner = Learner(spec.obs_shape, spec.obs_dtype, spec.num_actions, cfg.network,
-                               cfg.algo)
+                               cfg.algo, xla=cfg.run.xla,
+                               mixed_precision=cfg.run.mixed_precision)
         ckdir = os.path.join(self.logdir, "checkpoints")
         try:
             self.checkpointer = Checkpointer(self.learner, ckdir, cfg.run.keep_checkpoints)

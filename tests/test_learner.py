@@ -6,7 +6,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from ga3c.config import AlgoConfig, NetworkConfig  # noqa: E402
-from ga3c.learner import Learner, a3c_loss  # noqa: E402
+from ga3c.learner import Learner, a3c_loss, bucket_size  # noqa: E402
 from ga3c.returns import Transitions  # noqa: E402
 
 
@@ -62,8 +62,9 @@ def test_advantage_is_stop_gradient_and_value_gets_value_gradient():
     np.testing.assert_allclose(g_logits.numpy(), [[-1.0, 1.0]], atol=1e-6)
 
 
-def make_learner(**algo):
-    return Learner((3,), np.float32, 2, NetworkConfig(hidden=(8,)), AlgoConfig(**algo))
+def make_learner(xla=False, mixed_precision=False, **algo):
+    return Learner((3,), np.float32, 2, NetworkConfig(hidden=(8,)), AlgoConfig(**algo),
+                   xla=xla, mixed_precision=mixed_precision)
 
 
 def batch(rng, b, nsteps=None, masks=None):
@@ -109,15 +110,17 @@ def rmsprop_first_step(grads, lr, rho, eps):
     return [lr * g / np.sqrt((1 - rho) * g ** 2 + eps) for g in grads]
 
 
+@pytest.mark.parametrize("xla", [False, True])
 @pytest.mark.parametrize("clip_norm", [0.0, 1e-3])
-def test_train_step_applies_exactly_one_rmsprop_step_of_the_reference_gradient(clip_norm):
+def test_train_step_applies_exactly_one_rmsprop_step_of_the_reference_gradient(clip_norm, xla):
     """Whole train step against a hand-built one: target as a constant (stop-gradient through
     V(s_n)), loss, optional global-norm clipping, and Keras RMSprop's first update."""
     rng = np.random.default_rng(2)
     hp = dict(gamma=0.9, value_coef=0.5, entropy_coef=0.01)
     # A large epsilon keeps the update linear in the gradient, so clipping shows in it.
-    learner = make_learner(learning_rate=100.0, rho=0.9, epsilon=10.0, clip_norm=clip_norm, **hp)
-    t = batch(rng, 12)
+    learner = make_learner(learning_rate=100.0, rho=0.9, epsilon=10.0, clip_norm=clip_norm,
+                           xla=xla, **hp)
+    t = batch(rng, 12)  # padded to 16 under XLA: the 4 padding rows must not count
     grads = reference_gradients(learner, t, **hp)
     norm = np.sqrt(sum((g ** 2).sum() for g in grads))
     if clip_norm:
@@ -141,3 +144,34 @@ def test_no_retracing_as_batch_sizes_vary():
         learner.predict(rng.normal(size=(b, 3)).astype(np.float32))
         learner.train(batch(rng, b))
     assert learner.trace_counts() == counts == (1, 1)
+
+
+def test_xla_predict_matches_and_pads_to_few_sizes():
+    rng = np.random.default_rng(4)
+    plain, xla = make_learner(), make_learner(xla=True)
+    xla.model.set_weights(plain.model.get_weights())
+    for b in (1, 5, 8, 9, 33):
+        states = rng.normal(size=(b, 3)).astype(np.float32)
+        for got, want in zip(xla.predict(states), plain.predict(states)):
+            assert got.shape[0] == b
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert xla.trace_counts()[0] == 1
+
+
+def test_bucket_sizes():
+    assert [bucket_size(n) for n in (1, 8, 9, 16, 17, 100, 128, 129)] == \
+        [8, 8, 16, 16, 32, 128, 128, 256]
+
+
+def test_mixed_precision_trains_with_float32_outputs_and_variables():
+    rng = np.random.default_rng(5)
+    learner = make_learner(mixed_precision=True)
+    logits, values = learner.predict(rng.normal(size=(4, 3)).astype(np.float32))
+    assert logits.dtype == np.float32 and values.dtype == np.float32
+    assert all(v.dtype == "float32" for v in learner.model.trainable_variables)
+    assert any("bfloat16" in str(layer.compute_dtype) for layer in learner.model.layers)
+    metrics = learner.train(batch(rng, 8))
+    assert np.isfinite(metrics.loss)
+    # the global policy is left as it was
+    import keras
+    assert keras.config.dtype_policy().name == "float32"

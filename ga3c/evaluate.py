@@ -1,0 +1,155 @@
+"""Play a trained policy: the run's saved config and checkpoint, greedy or sampled actions.
+
+Used by `ga3c-eval` (flags in `ga3c.cli`); everything here takes plain arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+
+import gymnasium as gym
+import numpy as np
+
+from ga3c.agent import sample_actions
+from ga3c.config import Config
+from ga3c.envs import EnvError, inspect_env, resolve_env_id
+
+
+class EvalError(Exception):
+    """A problem with the user's input (shown as one line, exit 2)."""
+
+
+@dataclasses.dataclass
+class EvalSummary:
+    env: str
+    checkpoint: str
+    policy: str
+    episodes: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    mean_length: float
+    returns: list[float]
+    lengths: list[int]
+    videos: list[str]
+
+    def table(self) -> str:
+        return (f"{'env':<14}{'policy':<8}{'episodes':>9}{'mean':>10}{'std':>9}{'min':>9}"
+                f"{'max':>9}{'length':>9}\n"
+                f"{self.env:<14}{self.policy:<8}{self.episodes:>9}{self.mean:>10.2f}"
+                f"{self.std:>9.2f}{self.min:>9.2f}{self.max:>9.2f}{self.mean_length:>9.1f}")
+
+
+def load_run_config(logdir: str) -> Config:
+    path = os.path.join(logdir, "config.json")
+    if not os.path.isdir(logdir):
+        raise EvalError(f"logdir {logdir!r} does not exist")
+    if not os.path.exists(path):
+        raise EvalError(f"{logdir!r} is not a ga3c run: no config.json in it")
+    try:
+        with open(path) as f:
+            return Config.from_dict(json.load(f))
+    except (OSError, ValueError, TypeError) as exc:
+        raise EvalError(f"cannot read {path}: {exc}") from None
+
+
+def find_checkpoint(logdir: str, checkpoint: str | None) -> str:
+    import tensorflow as tf
+
+    if checkpoint:
+        if not os.path.exists(checkpoint + ".index"):
+            raise EvalError(f"checkpoint {checkpoint!r} not found (expected {checkpoint}.index)")
+        return checkpoint
+    latest = tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints"))
+    if latest is None:
+        raise EvalError(f"no checkpoint in {os.path.join(logdir, 'checkpoints')}")
+    return latest
+
+
+def check_video_support() -> None:
+    # gymnasium's RecordVideo writes mp4 files through moviepy.
+    if importlib.util.find_spec("moviepy") is None:
+        raise EvalError("--video_dir needs moviepy: pip install -e '.[video]'")
+
+
+def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
+             checkpoint: str | None = None, video_dir: str | None = None,
+             env_id: str | None = None) -> EvalSummary:
+    import tensorflow as tf
+
+    from ga3c.learner import Learner
+
+    if policy not in ("greedy", "sample"):
+        raise EvalError(f"--policy={policy!r}: must be 'greedy' or 'sample'")
+    if episodes < 1:
+        raise EvalError(f"--episodes={episodes}: must be >= 1")
+    config = load_run_config(logdir)
+    path = find_checkpoint(logdir, checkpoint)
+    run_env = config.env.env_id
+    env_id = env_id or run_env
+    try:
+        spec = inspect_env(env_id)
+        run_spec = spec if env_id == run_env else inspect_env(run_env)
+    except EnvError as exc:
+        raise EvalError(str(exc)) from None
+    if (spec.obs_shape, spec.num_actions) != (run_spec.obs_shape, run_spec.num_actions):
+        raise EvalError(f"env mismatch: {env_id} has observations {spec.obs_shape} and "
+                        f"{spec.num_actions} actions; the run was trained on {run_env} with "
+                        f"{run_spec.obs_shape} and {run_spec.num_actions}")
+    if video_dir:
+        check_video_support()
+    learner = Learner(spec.obs_shape, spec.obs_dtype, spec.num_actions, config.network,
+                      config.algo)
+    try:
+        tf.train.Checkpoint(model=learner.model).restore(path).expect_partial() \
+            .assert_existing_objects_matched()
+    except Exception as exc:  # noqa: BLE001 - any failure means "cannot evaluate it"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EvalError(f"cannot restore checkpoint {path}: {first[:300]}") from None
+
+    env = gym.make(resolve_env_id(env_id), render_mode="rgb_array" if video_dir else None)
+    if video_dir:  # fail before playing if the env cannot render (e.g. pygame missing)
+        try:
+            env.reset(seed=seed)
+            env.render()
+        except gym.error.DependencyNotInstalled as exc:
+            env.close()
+            raise EvalError(f"cannot render {env_id} for video: {exc}") from None
+        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True,
+                                       name_prefix="eval", disable_logger=True)
+    rng = np.random.default_rng(seed)
+    returns, lengths = [], []
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            total, length, done = 0.0, 0, False
+            while not done:
+                logits, _ = learner.predict(np.asarray(obs, spec.obs_dtype)[None])
+                action = (np.argmax(logits, axis=1) if policy == "greedy"
+                          else sample_actions(logits, rng))[0]
+                obs, reward, terminated, truncated, _ = env.step(int(action))
+                total += float(reward)
+                length += 1
+                done = terminated or truncated
+            returns.append(total)
+            lengths.append(length)
+    finally:
+        env.close()
+    videos = sorted(os.path.join(video_dir, f) for f in os.listdir(video_dir)
+                    if f.endswith(".mp4")) if video_dir else []
+    r = np.array(returns)
+    return EvalSummary(env=env_id, checkpoint=path, policy=policy, episodes=episodes,
+                       mean=float(r.mean()), std=float(r.std()), min=float(r.min()),
+                       max=float(r.max()), mean_length=float(np.mean(lengths)),
+                       returns=returns, lengths=lengths, videos=videos)
+
+
+def write_summary(summary: EvalSummary, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(dataclasses.asdict(summary), f, indent=2)
+    os.replace(tmp, path)
