@@ -340,3 +340,7 @@ def eval_entry_point() -> None:
 
 def plot_entry_point() -> None:
     sys.exit(plot_main())
+
+
+if __name__ == "__main__":
+    entry_point()

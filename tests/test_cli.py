@@ -29,11 +29,11 @@ def run_cli(*args, timeout=120):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def assert_one_line_error(proc, *needles):
+def assert_one_line_error(proc, *needles, prog="ga3c-train"):
     assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("ga3c-train: error: ")
+    assert lines[0].startswith(f"{prog}: error: ")
     assert "Traceback" not in proc.stderr + proc.stdout
     for needle in needles:
         assert needle in lines[0], lines[0]
@@ -56,15 +56,6 @@ def snapshot(directory):
             with open(path, "rb") as f:
                 out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
     return out
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """One tiny real run (shared by the tests that need a finished logdir)."""
-    logdir = str(tmp_path_factory.mktemp("run") / "cp")
-    proc = run_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=3000")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return logdir, proc
 
 
 # -- bad input: one line, exit 2, nothing written ------------------------------------------

@@ -1,0 +1,117 @@
+"""ga3c-eval and ga3c-plot through their real entry points."""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from ga3c.cli import eval_main, plot_main
+from ga3c.plot import rolling_mean
+from tests.test_cli import assert_one_line_error, snapshot
+
+
+def run_eval(capsys, *args):
+    """ga3c-eval's entry point in this process (TensorFlow is imported once, not per call)."""
+    capsys.readouterr()
+    code = eval_main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["ga3c-eval", *args], code, out.out, out.err)
+
+
+def assert_eval_error(proc, *needles):
+    assert_one_line_error(proc, *needles, prog="ga3c-eval")
+
+
+def test_eval_plays_episodes_and_writes_a_summary(trained_run, tmp_path, capsys):
+    logdir, _ = trained_run
+    out = tmp_path / "summary.json"
+    proc = run_eval(capsys, f"--logdir={logdir}", "--episodes=3", f"--json={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert summary["episodes"] == 3 and len(summary["returns"]) == 3
+    assert summary["env"] == "CartPole-v1" and summary["policy"] == "greedy"
+    assert summary["mean"] == pytest.approx(np.mean(summary["returns"]))
+    assert summary["min"] <= summary["mean"] <= summary["max"]
+    assert all(r == length for r, length in zip(summary["returns"], summary["lengths"]))
+    assert "ckpt-" in summary["checkpoint"]
+    assert "mean" in proc.stdout and "CartPole-v1" in proc.stdout
+
+
+def test_eval_sampled_policy_with_video(trained_run, tmp_path, capsys):
+    pytest.importorskip("moviepy")
+    pytest.importorskip("pygame")
+    logdir, _ = trained_run
+    videos = tmp_path / "videos"
+    proc = run_eval(capsys, f"--logdir={logdir}", "--episodes=2", "--policy=sample",
+                    f"--video_dir={videos}", f"--json={tmp_path / 's.json'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mp4s = sorted(p for p in os.listdir(videos) if p.endswith(".mp4"))
+    assert len(mp4s) == 2 and all((videos / p).stat().st_size > 0 for p in mp4s)
+
+
+@pytest.mark.parametrize("make_args, needles", [
+    (lambda run, tmp: [f"--logdir={tmp}/nowhere"], ["does not exist"]),
+    (lambda run, tmp: [f"--logdir={tmp}"], ["no config.json"]),
+    (lambda run, tmp: [f"--logdir={run}", "--env=Acrobot-v1"], ["env mismatch"]),
+    (lambda run, tmp: [f"--logdir={run}", f"--checkpoint={tmp}/ckpt-1"], ["not found"]),
+    (lambda run, tmp: [f"--logdir={run}", "--episodes=0"], ["--episodes=0"]),
+    (lambda run, tmp: [f"--logdir={run}", "--policy=random"], ["policy"]),
+    (lambda run, tmp: [], ["--logdir is required"]),
+])
+def test_eval_bad_input_is_one_line_exit_2(trained_run, tmp_path, capsys, make_args, needles):
+    before = snapshot(trained_run[0])
+    proc = run_eval(capsys, *make_args(trained_run[0], tmp_path))
+    assert_eval_error(proc, *needles)
+    assert snapshot(trained_run[0]) == before
+
+
+def test_eval_without_checkpoint_is_refused(trained_run, tmp_path, capsys):
+    logdir = tmp_path / "nockpt"
+    logdir.mkdir()
+    (logdir / "config.json").write_text(open(os.path.join(trained_run[0], "config.json")).read())
+    assert_eval_error(run_eval(capsys, f"--logdir={logdir}"), "no checkpoint")
+
+
+def write_csv(logdir, rows, tail=""):
+    logdir.mkdir(parents=True)
+    lines = ["wall_time,env_steps,episode_return,episode_length"]
+    lines += [f"{w},{s},{r},{int(r)}" for w, s, r in rows]
+    (logdir / "episodes.csv").write_text("\n".join(lines) + "\n" + tail)
+
+
+def test_plot_overlays_runs_into_a_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        steps = np.cumsum(rng.integers(10, 50, 300))
+        write_csv(tmp_path / name, [(i * 0.1, s, float(rng.integers(10, 500))) for i, s in
+                                    enumerate(steps)], tail="12.5,99")  # a half-written row
+    out = tmp_path / "curve.png"
+    code = plot_main([f"--logdir={tmp_path / 'a'}", f"--logdir={tmp_path / 'b'}",
+                      f"--out={out}", "--window=20"])
+    assert code == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("argv, needle", [
+    ([], "--logdir"),
+    (["--logdir=/nonexistent/run"], "no episodes.csv"),
+    (["--logdir=RUN", "--window=0"], "--window=0"),
+    (["--logdir=RUN", "--out=/nonexistent/dir/x.png"], "does not exist"),
+])
+def test_plot_bad_input(tmp_path, capsys, argv, needle):
+    pytest.importorskip("matplotlib")
+    write_csv(tmp_path / "run", [(0.1, 10, 5.0)])
+    argv = [a.replace("RUN", str(tmp_path / "run")) for a in argv]
+    assert plot_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+def test_rolling_mean_matches_naive():
+    x = np.arange(10, dtype=float) ** 2
+    want = [np.mean(x[max(0, i - 3):i + 1]) for i in range(10)]
+    np.testing.assert_allclose(rolling_mean(x, 4), want)
