@@ -60,13 +60,16 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--json", help="write the per-seed records here")
     parser.add_argument("--timeout", type=float, default=400.0, help="seconds per seed")
+    parser.add_argument("--keep_dir", help="keep each seed's run directory here "
+                        "(default: a temporary directory, removed at the end)")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
     print(f"configs/cartpole.cfg {' '.join(extra)}".strip())
     print(f"{'seed':>4}  {'solved':>6}  {'seconds':>8}  {'env steps':>10}  {'env steps/s':>11}")
-    with tempfile.TemporaryDirectory(prefix="ga3c-solve-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="ga3c-solve-") as tmp:
+        workdir = args.keep_dir or tmp
         for seed in seeds:
             r = run_seed(seed, extra, workdir, args.timeout)
             rows.append(r)

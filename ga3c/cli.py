@@ -43,6 +43,8 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_float("value_coef", a.value_coef, "Value loss weight.", flag_values=fv)
     flags.DEFINE_float("clip_norm", a.clip_norm, "Global gradient-norm clip (0: off).",
                        flag_values=fv)
+    flags.DEFINE_bool("normalize_advantages", a.normalize_advantages,
+                      "Standardise advantages over each training batch.", flag_values=fv)
     flags.DEFINE_integer("num_agents", p.num_agents, "Environment threads.", flag_values=fv)
     flags.DEFINE_integer("num_predictors", p.num_predictors, "Predictor threads.", flag_values=fv)
     flags.DEFINE_integer("num_trainers", p.num_trainers, "Optimizer threads.", flag_values=fv)
@@ -107,7 +109,8 @@ def parse_config(argv: list[str]) -> Config:
         network=NetworkConfig(hidden=hidden, separate_towers=fv.separate_towers),
         algo=AlgoConfig(n_step=fv.n_step, gamma=fv.gamma, learning_rate=fv.learning_rate,
                         rho=fv.rho, epsilon=fv.epsilon, entropy_coef=fv.entropy_coef,
-                        value_coef=fv.value_coef, clip_norm=fv.clip_norm),
+                        value_coef=fv.value_coef, clip_norm=fv.clip_norm,
+                        normalize_advantages=fv.normalize_advantages),
         pipeline=PipelineConfig(num_agents=fv.num_agents, num_predictors=fv.num_predictors,
                                 num_trainers=fv.num_trainers, min_train_batch=fv.min_train_batch,
                                 max_predict_batch=fv.max_predict_batch,

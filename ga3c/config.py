@@ -39,9 +39,12 @@ class AlgoConfig:
     rho: float = 0.99  # RMSProp decay
     # Added inside the square root, as in Keras 3 and TF1's RMSProp (GA3C used 0.1).
     epsilon: float = 1e-5
-    entropy_coef: float = 0.001
+    entropy_coef: float = 0.01
     value_coef: float = 0.5
     clip_norm: float = 0.5  # global-norm gradient clipping; 0 disables it
+    # Standardise advantages over each training batch: without it, CartPole at this learning
+    # rate collapsed to a one-action policy in 2-4 of 10 seeds; with it, 10 of 10 solved.
+    normalize_advantages: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

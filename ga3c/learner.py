@@ -30,7 +30,7 @@ class LossTerms(NamedTuple):
 
 
 def a3c_loss(logits, values, actions, targets, value_coef: float, entropy_coef: float,
-             weights=None) -> LossTerms:
+             weights=None, normalize_advantages: bool = False) -> LossTerms:
     """Actor-critic loss averaged over the batch.
 
     policy_loss = -mean(log pi(a|s) * stop_gradient(target - V(s)))
@@ -39,7 +39,10 @@ def a3c_loss(logits, values, actions, targets, value_coef: float, entropy_coef: 
     total       = policy_loss + value_coef * value_loss - entropy_coef * entropy
     Log-probabilities come from log_softmax of the logits, so no log(0) can occur.
     `weights` (0 or 1 per row) leaves padding rows out of every mean (used under XLA, where
-    batches are padded to a few fixed sizes).
+    batches are padded to a few fixed sizes). With `normalize_advantages` the policy term uses
+    (A - mean A) / (std A + 1e-8) over the batch: a batch whose advantages are all biased one
+    way (a value function lagging a fast-improving policy) then cannot push every taken
+    action up at once, which is what collapses a policy to one action.
     """
     logits = ops.cast(logits, "float32")
     values = ops.cast(values, "float32")
@@ -55,6 +58,9 @@ def a3c_loss(logits, values, actions, targets, value_coef: float, entropy_coef: 
     actions = ops.cast(actions, "int32")
     log_pi_a = ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(actions, -1), axis=-1), -1)
     advantages = ops.stop_gradient(targets - values)
+    if normalize_advantages:
+        centred = advantages - mean(advantages)
+        advantages = centred / (ops.sqrt(mean(ops.square(centred))) + 1e-8)
     policy_loss = -mean(log_pi_a * advantages)
     value_loss = mean(ops.square(targets - values))
     entropy = mean(-ops.sum(ops.exp(log_probs) * log_probs, axis=-1))
@@ -144,7 +150,7 @@ class Learner:
             discounts = tf.pow(tf.constant(algo.gamma, tf.float32), tf.cast(nsteps, tf.float32))
             targets = rewards + discounts * tf.stop_gradient(next_values) * masks
             terms = a3c_loss(logits, values, actions, targets, algo.value_coef, algo.entropy_coef,
-                             weights)
+                             weights, algo.normalize_advantages)
         variables = self.model.trainable_variables
         grads = tape.gradient(terms.total, variables)
         if algo.clip_norm > 0:

@@ -102,6 +102,47 @@ def write_config_json(logdir: str, config: Config) -> None:
     os.replace(tmp, path)
 
 
+class Pipeline:
+    """Agents, predictors and trainers wired around two queues (no model of its own).
+
+    `predict_fn(states) -> (logits, values)` and `train_fn(Transitions)` are the model's; the
+    throughput benchmark passes trivial ones to measure the env-only ceiling of the same
+    thread layout.
+    """
+
+    def __init__(self, config: Config, predict_fn, train_fn, version_fn, stats: Stats,
+                 stop: threading.Event, failure: Failure, seed: int) -> None:
+        p, env_id, per_agent = config.pipeline, config.env.env_id, config.env.envs_per_agent
+        self.config = config
+        self.predictors = PredictorGroup(predict_fn, version_fn, stats, p.max_predict_batch,
+                                         p.prediction_queue_size, stop, failure)
+        self.trainers = TrainerGroup(train_fn, version_fn, stats, p.min_train_batch,
+                                     p.training_queue_size, stop, failure)
+        self.agents = [Agent(i, lambda: make_vector_env(env_id, per_agent), seed + i * per_agent,
+                             config.algo.n_step, config.algo.gamma, self.predictors,
+                             self.trainers.queue, stats, stop, failure)
+                       for i in range(p.num_agents)]
+
+    def start(self) -> None:
+        """Consumers before producers: predictors, trainers, then agents."""
+        p = self.config.pipeline
+        self.predictors.start(p.num_predictors)
+        self.trainers.start(p.num_trainers)
+        for a in self.agents:
+            a.start()
+
+    def join(self, seconds: float = JOIN_SECONDS) -> list[str]:
+        """Wait (bounded) for every thread after the stop event is set; names of stragglers."""
+        deadline = time.monotonic() + seconds
+        threads = [*self.agents, *self.predictors.threads, *self.trainers.threads]
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return [t.name for t in threads if t.is_alive()]
+
+    def queue_depths(self) -> dict[str, int]:
+        return {"predict": self.predictors.queue.qsize(), "train": self.trainers.queue.qsize()}
+
+
 class Server:
     def __init__(self, config: Config, env_spec: EnvSpec,
                  stop: threading.Event | None = None) -> None:
@@ -166,24 +207,14 @@ class Server:
                 f"{r['episodes']:,} episodes, {r['updates']:,} updates")
         writer = tf.summary.create_file_writer(os.path.join(self.logdir, "tb"))
         p = cfg.pipeline
-        predictors = PredictorGroup(self.learner.predict, lambda: self.learner.version, stats,
-                                    p.max_predict_batch, p.prediction_queue_size, self.stop,
-                                    self.failure)
-        trainers = TrainerGroup(self.learner.train, lambda: self.learner.version, stats,
-                                p.min_train_batch, p.training_queue_size, self.stop, self.failure)
-        env_id, per_agent = cfg.env.env_id, cfg.env.envs_per_agent
-        seed0 = cfg.run.seed * 1_000_003 + r.get("env_steps", 0) % 1_000_003
-        agents = [Agent(i, lambda: make_vector_env(env_id, per_agent), seed0 + i * per_agent,
-                        cfg.algo.n_step, cfg.algo.gamma, predictors, trainers.queue, stats,
-                        self.stop, self.failure) for i in range(p.num_agents)]
-        self.predictors, self.trainers, self.agents = predictors, trainers, agents
-
-        log(f"training {env_id} with {p.num_agents} agents x {per_agent} envs, "
-            f"{p.num_predictors} predictor(s), {p.num_trainers} trainer(s); logdir {self.logdir}")
-        predictors.start(p.num_predictors)
-        trainers.start(p.num_trainers)
-        for a in agents:
-            a.start()
+        seed = cfg.run.seed * 1_000_003 + r.get("env_steps", 0) % 1_000_003
+        self.pipeline = Pipeline(cfg, self.learner.predict, self.learner.train,
+                                 lambda: self.learner.version, stats, self.stop, self.failure,
+                                 seed)
+        log(f"training {cfg.env.env_id} with {p.num_agents} agents x {cfg.env.envs_per_agent} "
+            f"envs, {p.num_predictors} predictor(s), {p.num_trainers} trainer(s); "
+            f"logdir {self.logdir}")
+        self.pipeline.start()
         stats.window()  # rates start now
         try:
             self._watch(stats, writer)
@@ -191,7 +222,7 @@ class Server:
             self.failure.record(threading.current_thread().name, exc)
         finally:
             self.request_stop("stopping")
-            stuck = self._join()
+            stuck = self.pipeline.join()
             stats.close()
         if self.failure:
             print(f"ga3c: thread {self.failure.thread_name} failed:\n{self.failure.traceback}",
@@ -232,11 +263,8 @@ class Server:
                 self.checkpointer.save(stats, self.learner)
                 self.learner.save_policy(os.path.join(self.logdir, "policy.keras"))
 
-    def queue_depths(self) -> dict[str, int]:
-        return {"predict": self.predictors.queue.qsize(), "train": self.trainers.queue.qsize()}
-
     def _report(self, w: Window, writer) -> None:
-        depths = self.queue_depths()
+        depths = self.pipeline.queue_depths()
         log(w.console_line(depths))
         scalars = {
             "rates/env_steps_per_s": w.env_steps_per_s,
@@ -260,11 +288,3 @@ class Server:
         with writer.as_default(step=w.total_env_steps):
             for k, v in scalars.items():
                 tf.summary.scalar(k, v)
-
-    def _join(self) -> list[str]:
-        deadline = time.monotonic() + JOIN_SECONDS
-        threads = [*self.agents, *self.predictors.threads, *self.trainers.threads]
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        return [t.name for t in threads if t.is_alive()]
-

@@ -10,26 +10,44 @@ from ga3c.learner import Learner, a3c_loss, bucket_size  # noqa: E402
 from ga3c.returns import Transitions  # noqa: E402
 
 
-def numpy_loss(logits, values, actions, targets, value_coef, entropy_coef):
+def numpy_loss(logits, values, actions, targets, value_coef, entropy_coef, normalize=False):
     z = logits - logits.max(axis=1, keepdims=True)
     log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     probs = np.exp(log_probs)
     adv = targets - values
+    if normalize:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
     policy = -np.mean(log_probs[np.arange(len(actions)), actions] * adv)
     value = np.mean((targets - values) ** 2)
     entropy = np.mean(-(probs * log_probs).sum(axis=1))
     return policy + value_coef * value - entropy_coef * entropy, policy, value, entropy
 
 
-def test_loss_matches_numpy_reference():
+@pytest.mark.parametrize("normalize", [False, True])
+def test_loss_matches_numpy_reference(normalize):
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(7, 3)).astype(np.float32) * 3
     values = rng.normal(size=7).astype(np.float32)
-    targets = rng.normal(size=7).astype(np.float32)
+    targets = rng.normal(size=7).astype(np.float32) + 2.0  # advantages biased one way
     actions = rng.integers(0, 3, 7).astype(np.int32)
-    got = [float(x) for x in a3c_loss(logits, values, actions, targets, 0.5, 0.01)]
-    want = numpy_loss(logits, values, actions, targets, 0.5, 0.01)
+    got = [float(x) for x in a3c_loss(logits, values, actions, targets, 0.5, 0.01,
+                                      normalize_advantages=normalize)]
+    want = numpy_loss(logits, values, actions, targets, 0.5, 0.01, normalize)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_padding_rows_with_weight_zero_change_nothing():
+    rng = np.random.default_rng(6)
+    logits = rng.normal(size=(5, 2)).astype(np.float32)
+    values, targets = rng.normal(size=(2, 5)).astype(np.float32)
+    actions = rng.integers(0, 2, 5).astype(np.int32)
+    weights = np.array([1, 1, 1, 0, 0], np.float32)
+    for normalize in (False, True):
+        got = a3c_loss(logits, values, actions, targets, 0.5, 0.01, weights, normalize)
+        want = a3c_loss(logits[:3], values[:3], actions[:3], targets[:3], 0.5, 0.01,
+                        normalize_advantages=normalize)
+        np.testing.assert_allclose([float(x) for x in got], [float(x) for x in want],
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_hand_computed_two_action_case():

@@ -1,0 +1,306 @@
+"""Throughput of the real training pipeline, and its ceilings measured in the same run.
+
+    python benchmarks/throughput.py --flagfile=configs/cartpole.cfg --seconds=30
+    python benchmarks/throughput.py --flagfile=configs/cartpole.cfg --seconds=20 \\
+        --sweep=num_agents=1,2,4 --sweep=num_trainers=1,2 --json=throughput.json
+
+Any ga3c-train flag may follow. For each configuration (the grid of every `--sweep`, or just
+the flags given) it runs, one after another in this process:
+
+1. the **pipeline**: the real service (agents, predictors, trainers, the real model) for
+   `--warmup` seconds, then measures `--seconds` seconds;
+2. the **env-only ceiling**: the same agents, envs and thread layout with a model that costs
+   nothing (uniform random actions, training discarded);
+3. the **predict-only** and **train-only ceilings**: the real model's predict and train steps
+   alone, at the mean batch sizes the pipeline used, in as many threads as the pipeline had.
+
+It prints one table row per configuration with every pipeline figure and its ratio to the
+matching ceiling (ratios survive a noisy machine; absolute numbers drift by 1.5x here), marks
+the best configuration by env steps/s, and writes one JSON record per configuration.
+Rates are over the measured window only, never averages since start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from ga3c.cli import BadInput, import_tensorflow_quietly, parse_config  # noqa: E402
+from ga3c.config import Config  # noqa: E402
+from ga3c.returns import Transitions  # noqa: E402
+from ga3c.stats import Stats  # noqa: E402
+from ga3c.threads import Failure  # noqa: E402
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def gpu_utilisation() -> float | None:
+    """Mean utilisation (%) of the visible NVIDIA GPUs, or None without nvidia-smi."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                             timeout=10).stdout
+        values = [float(v) for v in out.split()]
+        return sum(values) / len(values) if values else None
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
+def measure_window(stats: Stats, warmup: float, seconds: float, failure: Failure) -> dict:
+    """Rates of the pipeline over `seconds` after `warmup`, plus CPU use and lag."""
+    time.sleep(warmup)
+    stats.window()  # discard the warm-up
+    cpu0 = cpu_seconds()
+    t0 = time.monotonic()
+    gpu = []
+    while time.monotonic() - t0 < seconds and not failure:
+        time.sleep(min(1.0, seconds - (time.monotonic() - t0)) if seconds > 0 else 0)
+        util = gpu_utilisation()
+        if util is not None:
+            gpu.append(util)
+    w = stats.window()
+    wall = time.monotonic() - t0
+    return dict(
+        env_steps_per_s=w.env_steps_per_s, predictions_per_s=w.predictions_per_s,
+        trainings_per_s=w.trainings_per_s, samples_per_s=w.samples_per_s,
+        mean_predict_batch=w.mean_predict_batch, mean_train_batch=w.mean_train_batch,
+        policy_lag_mean=w.policy_lag_mean, policy_lag_p95=w.policy_lag_p95,
+        cpu_percent=100.0 * (cpu_seconds() - cpu0) / wall,
+        gpu_percent=float(np.mean(gpu)) if gpu else None,
+    )
+
+
+def run_pipeline(config: Config, env_spec, warmup: float, seconds: float) -> dict:
+    """The real service for warmup + seconds; returns the measured window."""
+    from ga3c.server import Server
+
+    server = Server(config, env_spec)
+    server.setup()
+    result: dict = {}
+    depths: list[dict] = []
+
+    def watch():
+        while not server.stop.is_set() and not hasattr(server, "stats"):
+            time.sleep(0.01)
+        if server.stop.is_set():
+            return
+        sampler_stop = threading.Event()
+
+        def sample_depths():
+            while not sampler_stop.wait(0.2):
+                depths.append(server.pipeline.queue_depths())
+
+        sampler = threading.Thread(target=sample_depths, daemon=True)
+        sampler.start()
+        result.update(measure_window(server.stats, warmup, seconds, server.failure))
+        sampler_stop.set()
+        server.request_stop("benchmark window over")
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    code = server.run()
+    watcher.join(timeout=10)
+    if code != 0 or not result:
+        raise RuntimeError(f"pipeline run failed (exit {code}): {server.failure.traceback}")
+    for key in ("predict", "train"):
+        result[f"mean_{key}_queue"] = float(np.mean([d[key] for d in depths])) if depths else 0.0
+    return result
+
+
+def env_only_ceiling(config: Config, warmup: float, seconds: float) -> float:
+    """Env steps/s of the same agents and thread layout when the model costs nothing."""
+    from ga3c.server import Pipeline
+
+    stop, failure = threading.Event(), Failure()
+    stats = Stats(None)
+    num_actions = _num_actions(config)
+
+    def free_predict(states):
+        n = len(states)
+        return np.zeros((n, num_actions), np.float32), np.zeros(n, np.float32)
+
+    def discard(batch: Transitions):
+        return None
+
+    pipeline = Pipeline(config, free_predict, discard, lambda: 0, stats, stop, failure,
+                        seed=config.run.seed)
+    pipeline.start()
+    try:
+        window = measure_window(stats, warmup, seconds, failure)
+    finally:
+        stop.set()
+        pipeline.join()
+    if failure:
+        raise RuntimeError(f"env-only run failed: {failure.traceback}")
+    return window["env_steps_per_s"]
+
+
+def _num_actions(config: Config) -> int:
+    from ga3c.envs import inspect_env
+
+    return inspect_env(config.env.env_id).num_actions
+
+
+def model_ceiling(config: Config, env_spec, batch: int, threads: int, seconds: float,
+                  train: bool) -> float:
+    """Samples/s of the real model's predict (or train) step alone at `batch` rows."""
+    from ga3c.learner import Learner
+
+    learner = Learner(env_spec.obs_shape, env_spec.obs_dtype, env_spec.num_actions,
+                      config.network, config.algo, xla=config.run.xla,
+                      mixed_precision=config.run.mixed_precision)
+    rng = np.random.default_rng(0)
+    batch = max(1, int(round(batch)))
+    states = rng.normal(size=(batch, *env_spec.obs_shape)).astype(env_spec.obs_dtype)
+    data = Transitions(states, rng.integers(0, env_spec.num_actions, batch).astype(np.int32),
+                       np.ones(batch, np.float32), states.copy(),
+                       np.full(batch, config.algo.n_step, np.int32), np.ones(batch, np.float32),
+                       np.zeros(batch, np.int64))
+    step = (lambda: learner.train(data)) if train else (lambda: learner.predict(states))
+    step()
+    counts = [0] * threads
+    deadline = time.monotonic() + seconds
+
+    def loop(i):
+        while time.monotonic() < deadline:
+            step()
+            counts[i] += 1
+
+    workers = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(threads)]
+    t0 = time.monotonic()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=seconds + 30)
+    return sum(counts) * batch / (time.monotonic() - t0)
+
+
+def measure(config: Config, env_spec, warmup: float, seconds: float) -> dict:
+    p = config.pipeline
+    rec = run_pipeline(config, env_spec, warmup, seconds)
+    rec["peak_rss_mib"] = peak_rss_mib()
+    ceil_seconds = max(2.0, seconds / 2)
+    rec["ceiling_env_steps_per_s"] = env_only_ceiling(config, min(warmup, 2.0), ceil_seconds)
+    rec["ceiling_predictions_per_s"] = model_ceiling(
+        config, env_spec, rec["mean_predict_batch"], p.num_predictors, ceil_seconds, train=False)
+    rec["ceiling_samples_per_s"] = model_ceiling(
+        config, env_spec, rec["mean_train_batch"], p.num_trainers, ceil_seconds, train=True)
+    # Every env step needs one prediction and one training sample: the model's combined rate.
+    model = 1.0 / (1.0 / rec["ceiling_predictions_per_s"] + 1.0 / rec["ceiling_samples_per_s"])
+    rec["ceiling_model_steps_per_s"] = model
+    rec["ratio_env"] = rec["env_steps_per_s"] / rec["ceiling_env_steps_per_s"]
+    rec["ratio_predict"] = rec["predictions_per_s"] / rec["ceiling_predictions_per_s"]
+    rec["ratio_train"] = rec["samples_per_s"] / rec["ceiling_samples_per_s"]
+    rec["ratio_overall"] = rec["env_steps_per_s"] / min(rec["ceiling_env_steps_per_s"], model)
+    return rec
+
+
+def parse_sweeps(sweeps: list[str]) -> list[dict[str, str]]:
+    grid = []
+    for item in sweeps:
+        name, _, values = item.partition("=")
+        if not name or not values:
+            raise BadInput(f"--sweep={item!r}: expected name=v1,v2,...")
+        grid.append([(name, v) for v in values.split(",")])
+    return [dict(combo) for combo in itertools.product(*grid)] if grid else [{}]
+
+
+COLUMNS = [("config", "{}"), ("env/s", "{:,.0f}"), ("ratio", "{:.2f}"),
+           ("pred/s", "{:,.0f}"), ("pbatch", "{:.1f}"), ("ratio", "{:.2f}"),
+           ("train/s", "{:,.0f}"), ("tbatch", "{:.1f}"), ("samples/s", "{:,.0f}"),
+           ("ratio", "{:.2f}"), ("overall", "{:.2f}"), ("lag", "{}"), ("cpu%", "{:.0f}"),
+           ("rss MiB", "{:,.0f}")]
+
+
+def row(label: str, r: dict) -> list[str]:
+    lag = ("n/a" if r["policy_lag_mean"] is None
+           else f"{r['policy_lag_mean']:.1f}/{r['policy_lag_p95']:.0f}")
+    values = [label, r["env_steps_per_s"], r["ratio_env"], r["predictions_per_s"],
+              r["mean_predict_batch"], r["ratio_predict"], r["trainings_per_s"],
+              r["mean_train_batch"], r["samples_per_s"], r["ratio_train"], r["ratio_overall"],
+              lag, r["cpu_percent"], r["peak_rss_mib"]]
+    return [fmt.format(v) for (_, fmt), v in zip(COLUMNS, values)]
+
+
+def print_table(rows: list[list[str]]) -> None:
+    header = [name for name, _ in COLUMNS]
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        print("  ".join(x.rjust(w) for x, w in zip(r, widths)), flush=True)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured window")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring")
+    parser.add_argument("--sweep", action="append", default=[], help="name=v1,v2,... (repeat)")
+    parser.add_argument("--json", default="throughput.json", help="records, one per config")
+    args, ga3c_flags = parser.parse_known_args(argv)
+    try:
+        combos = parse_sweeps(args.sweep)
+        configs = []
+        for combo in combos:
+            extra = [f"--{k}={v}" for k, v in combo.items()]
+            configs.append((combo, parse_config([*ga3c_flags, *extra, "--resume=false",
+                                                 "--log_every_seconds=1e9",
+                                                 "--checkpoint_every_seconds=1e9"])))
+    except BadInput as exc:
+        print(f"throughput.py: error: {exc}", file=sys.stderr)
+        return 2
+    import_tensorflow_quietly(configs[0][1].run.tf_threads)
+    from ga3c.envs import inspect_env
+
+    env_spec = inspect_env(configs[0][1].env.env_id)
+    print(f"{configs[0][1].env.env_id}: {len(configs)} configuration(s), warm-up "
+          f"{args.warmup:g} s, window {args.seconds:g} s; ratio = pipeline / ceiling measured "
+          "in this run", flush=True)
+    records, rows = [], []
+    with tempfile.TemporaryDirectory(prefix="ga3c-throughput-") as tmp:
+        for i, (combo, config) in enumerate(configs):
+            config = config.replace(run__logdir=os.path.join(tmp, f"config{i}"))
+            label = " ".join(f"{k}={v}" for k, v in combo.items()) or "as given"
+            rec = measure(config, env_spec, args.warmup, args.seconds)
+            rec.update(label=label, sweep=combo, config=config.to_dict(),
+                       measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            records.append(rec)
+            rows.append(row(label, rec))
+    best = max(range(len(records)), key=lambda k: records[k]["env_steps_per_s"])
+    for k, rec in enumerate(records):
+        rec["best"] = k == best
+    if len(records) > 1:
+        rows[best][0] += " *best*"
+    print_table(rows)
+    with open(args.json, "w") as f:
+        json.dump(records, f, indent=2)
+    print(f"wrote {args.json}; env/s ratio: pipeline / env-only ceiling; pred/s and samples/s "
+          "ratios: / model-only ceilings at the same batch; overall: env/s / min(env ceiling, "
+          "model ceiling for predict + train); lag: mean/p95 updates")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

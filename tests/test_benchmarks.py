@@ -1,0 +1,57 @@
+"""Smoke tests of the benchmark scripts (they are measured by hand, not in CI)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.test_cli import REPO, TINY, cli_env
+
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+from cartpole_solve import solve_point  # noqa: E402
+
+FIELDS = {"env_steps_per_s", "predictions_per_s", "mean_predict_batch", "trainings_per_s",
+          "mean_train_batch", "samples_per_s", "mean_predict_queue", "mean_train_queue",
+          "policy_lag_mean", "policy_lag_p95", "cpu_percent", "peak_rss_mib", "gpu_percent",
+          "ceiling_env_steps_per_s", "ceiling_predictions_per_s", "ceiling_samples_per_s",
+          "ceiling_model_steps_per_s", "ratio_env", "ratio_predict", "ratio_train",
+          "ratio_overall", "label", "sweep", "config", "best", "measured_at"}
+
+
+def test_throughput_smoke_writes_a_record_per_configuration(tmp_path):
+    out = tmp_path / "t.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/throughput.py", "--seconds=2", "--warmup=1",
+         f"--json={out}", "--sweep=num_trainers=1,2", *TINY],
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads(out.read_text())
+    assert [r["sweep"] for r in records] == [{"num_trainers": "1"}, {"num_trainers": "2"}]
+    assert sum(r["best"] for r in records) == 1
+    for r in records:
+        assert FIELDS <= set(r), FIELDS - set(r)
+        assert r["config"]["pipeline"]["num_trainers"] == int(r["sweep"]["num_trainers"])
+        for key in ("env_steps_per_s", "ceiling_env_steps_per_s", "ceiling_predictions_per_s",
+                    "ceiling_samples_per_s", "samples_per_s"):
+            assert r[key] > 0, key
+        assert 0 < r["ratio_overall"] < 5
+    assert "*best*" in proc.stdout
+
+
+def test_throughput_bad_sweep_is_one_line():
+    proc = subprocess.run([sys.executable, "benchmarks/throughput.py", "--sweep=num_agents"],
+                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "throughput.py: error: --sweep='num_agents': expected name=v1,v2,..."]
+
+
+def test_solve_point_finds_the_first_window_at_target(tmp_path):
+    path = tmp_path / "episodes.csv"
+    rows = ["wall_time,env_steps,episode_return,episode_length"]
+    rows += [f"{i * 0.1:.1f},{(i + 1) * 100},{400.0 if i < 100 else 500.0},1" for i in range(180)]
+    path.write_text("\n".join(rows) + "\n")
+    wall, steps, _ = solve_point(str(path), window=100, target=475.0)
+    # mean of the last 100 >= 475 first when 75 of them are 500: the 175th episode (index 174)
+    assert (wall, steps) == (17.4, 17500)
+    assert solve_point(str(path), window=100, target=501.0)[:2] == (None, None)
