@@ -97,14 +97,16 @@ def batch(rng, b, nsteps=None, masks=None):
     )
 
 
-def test_train_step_target_is_R_plus_gamma_pow_n_V_next_times_mask():
+@pytest.mark.parametrize("normalize", [False, True])
+def test_train_step_target_is_R_plus_gamma_pow_n_V_next_times_mask(normalize):
     rng = np.random.default_rng(1)
-    learner = make_learner(gamma=0.9, value_coef=0.5, entropy_coef=0.01, learning_rate=1e-3)
+    learner = make_learner(gamma=0.9, value_coef=0.5, entropy_coef=0.01, learning_rate=1e-3,
+                           normalize_advantages=normalize)
     t = batch(rng, 6, nsteps=[1, 2, 3, 4, 5, 2], masks=[1, 0, 1, 1, 0, 1])
     logits, values = learner.predict(t.states)
     _, next_values = learner.predict(t.next_states)
     targets = t.rewards + 0.9 ** t.nsteps * next_values * t.masks
-    want = numpy_loss(logits, values, t.actions, targets, 0.5, 0.01)
+    want = numpy_loss(logits, values, t.actions, targets, 0.5, 0.01, normalize)
     got = learner.train(t)
     np.testing.assert_allclose([got.loss, got.policy_loss, got.value_loss, got.entropy], want,
                                rtol=1e-4, atol=1e-5)
@@ -119,7 +121,8 @@ def reference_gradients(learner, t, gamma, value_coef, entropy_coef):
     with tf.GradientTape() as tape:
         out = learner.model(t.states)
         loss = a3c_loss(out["logits"], out["value"], t.actions, targets, value_coef,
-                        entropy_coef).total
+                        entropy_coef,
+                        normalize_advantages=learner.algo.normalize_advantages).total
     return [g.numpy() for g in tape.gradient(loss, variables)]
 
 
@@ -137,7 +140,7 @@ def test_train_step_applies_exactly_one_rmsprop_step_of_the_reference_gradient(c
     hp = dict(gamma=0.9, value_coef=0.5, entropy_coef=0.01)
     # A large epsilon keeps the update linear in the gradient, so clipping shows in it.
     learner = make_learner(learning_rate=100.0, rho=0.9, epsilon=10.0, clip_norm=clip_norm,
-                           xla=xla, **hp)
+                           xla=xla, normalize_advantages=xla, **hp)  # both settings covered
     t = batch(rng, 12)  # padded to 16 under XLA: the 4 padding rows must not count
     grads = reference_gradients(learner, t, **hp)
     norm = np.sqrt(sum((g ** 2).sum() for g in grads))
