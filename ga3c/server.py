@@ -191,6 +191,7 @@ class Server:
     def run(self) -> int:
         """Train until a stop condition; returns the process exit code (0 ok, 1 failure)."""
         cfg = self.config
+        os.makedirs(self.logdir, exist_ok=True)
         write_config_json(self.logdir, cfg)
         r = self.resumed or {}
         csv_path = os.path.join(self.logdir, "episodes.csv")
