@@ -281,7 +281,10 @@ def main(argv: list[str]) -> int:
     records, rows = [], []
     with tempfile.TemporaryDirectory(prefix="ga3c-throughput-") as tmp:
         for i, (combo, config) in enumerate(configs):
-            config = config.replace(run__logdir=os.path.join(tmp, f"config{i}"))
+            # The window decides when to stop, not the config's stop conditions.
+            config = config.replace(run__logdir=os.path.join(tmp, f"config{i}"),
+                                    run__target_score=None, run__max_env_steps=0,
+                                    run__max_seconds=0.0)
             label = " ".join(f"{k}={v}" for k, v in combo.items()) or "as given"
             rec = measure(config, env_spec, args.warmup, args.seconds)
             rec.update(label=label, sweep=combo, config=config.to_dict(),
