@@ -69,15 +69,17 @@ def gpu_utilisation() -> float | None:
         return None
 
 
-def measure_window(stats: Stats, warmup: float, seconds: float, failure: Failure) -> dict:
+def measure_window(stats: Stats, warmup: float, seconds: float, failure: Failure,
+                   on_start=lambda: None) -> dict:
     """Rates of the pipeline over `seconds` after `warmup`, plus CPU use and lag."""
     time.sleep(warmup)
     stats.window()  # discard the warm-up
+    on_start()
     cpu0 = cpu_seconds()
     t0 = time.monotonic()
     gpu = []
     while time.monotonic() - t0 < seconds and not failure:
-        time.sleep(min(1.0, seconds - (time.monotonic() - t0)) if seconds > 0 else 0)
+        time.sleep(max(0.0, min(1.0, seconds - (time.monotonic() - t0))))
         util = gpu_utilisation()
         if util is not None:
             gpu.append(util)
@@ -103,19 +105,22 @@ def run_pipeline(config: Config, env_spec, warmup: float, seconds: float) -> dic
     depths: list[dict] = []
 
     def watch():
-        while not server.stop.is_set() and not hasattr(server, "stats"):
+        while not server.stop.is_set() and not hasattr(server, "pipeline"):
             time.sleep(0.01)
         if server.stop.is_set():
             return
+        measuring = threading.Event()
         sampler_stop = threading.Event()
 
-        def sample_depths():
+        def sample_depths():  # queue depths over the measured window only
+            measuring.wait(warmup + 5)
             while not sampler_stop.wait(0.2):
                 depths.append(server.pipeline.queue_depths())
 
         sampler = threading.Thread(target=sample_depths, daemon=True)
         sampler.start()
-        result.update(measure_window(server.stats, warmup, seconds, server.failure))
+        result.update(measure_window(server.stats, warmup, seconds, server.failure,
+                                     on_start=measuring.set))
         sampler_stop.set()
         server.request_stop("benchmark window over")
 
@@ -231,8 +236,8 @@ def parse_sweeps(sweeps: list[str]) -> list[dict[str, str]]:
 COLUMNS = [("config", "{}"), ("env/s", "{:,.0f}"), ("ratio", "{:.2f}"),
            ("pred/s", "{:,.0f}"), ("pbatch", "{:.1f}"), ("ratio", "{:.2f}"),
            ("train/s", "{:,.0f}"), ("tbatch", "{:.1f}"), ("samples/s", "{:,.0f}"),
-           ("ratio", "{:.2f}"), ("overall", "{:.2f}"), ("lag", "{}"), ("cpu%", "{:.0f}"),
-           ("rss MiB", "{:,.0f}")]
+           ("ratio", "{:.2f}"), ("overall", "{:.2f}"), ("lag", "{}"), ("q p/t", "{}"),
+           ("cpu%", "{:.0f}"), ("gpu%", "{}"), ("rss MiB", "{:,.0f}")]
 
 
 def row(label: str, r: dict) -> list[str]:
@@ -241,7 +246,8 @@ def row(label: str, r: dict) -> list[str]:
     values = [label, r["env_steps_per_s"], r["ratio_env"], r["predictions_per_s"],
               r["mean_predict_batch"], r["ratio_predict"], r["trainings_per_s"],
               r["mean_train_batch"], r["samples_per_s"], r["ratio_train"], r["ratio_overall"],
-              lag, r["cpu_percent"], r["peak_rss_mib"]]
+              lag, f"{r['mean_predict_queue']:.1f}/{r['mean_train_queue']:.1f}", r["cpu_percent"],
+              "n/a" if r["gpu_percent"] is None else f"{r['gpu_percent']:.0f}", r["peak_rss_mib"]]
     return [fmt.format(v) for (_, fmt), v in zip(COLUMNS, values)]
 
 
@@ -262,6 +268,10 @@ def main(argv: list[str]) -> int:
     args, ga3c_flags = parser.parse_known_args(argv)
     try:
         combos = parse_sweeps(args.sweep)
+        fixed = {"env", "tf_threads"} & {k for combo in combos for k in combo}
+        if fixed:
+            raise BadInput(f"--sweep over {sorted(fixed)} is not supported: they are fixed per "
+                           "process (run the script once per value)")
         configs = []
         for combo in combos:
             extra = [f"--{k}={v}" for k, v in combo.items()]
@@ -272,9 +282,15 @@ def main(argv: list[str]) -> int:
         print(f"throughput.py: error: {exc}", file=sys.stderr)
         return 2
     import_tensorflow_quietly(configs[0][1].run.tf_threads)
-    from ga3c.envs import inspect_env
+    from ga3c.envs import EnvError, inspect_env
 
-    env_spec = inspect_env(configs[0][1].env.env_id)
+    try:
+        env_spec = inspect_env(configs[0][1].env.env_id)
+        with open(args.json, "a"):
+            pass  # an unwritable --json fails now, not after the whole sweep
+    except (EnvError, OSError) as exc:
+        print(f"throughput.py: error: {exc}", file=sys.stderr)
+        return 2
     print(f"{configs[0][1].env.env_id}: {len(configs)} configuration(s), warm-up "
           f"{args.warmup:g} s, window {args.seconds:g} s; ratio = pipeline / ceiling measured "
           "in this run", flush=True)

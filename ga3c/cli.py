@@ -13,6 +13,7 @@ signal exits at once.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 
@@ -140,15 +141,16 @@ def wants_help(argv: list[str]) -> bool:
     return any(a in ("-h", "--help", "-help", "--helpfull") for a in argv)
 
 
-def check_logdir(logdir: str) -> None:
+def check_writable_dir(directory: str, what: str = "logdir") -> None:
+    """Create `directory` if needed and prove a file can be written there; else BadInput."""
     try:
-        os.makedirs(logdir, exist_ok=True)
-        probe = os.path.join(logdir, f".ga3c-write-test-{os.getpid()}")
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, f".ga3c-write-test-{os.getpid()}")
         with open(probe, "w"):
             pass
         os.remove(probe)
     except OSError as exc:
-        raise BadInput(f"logdir {logdir!r} is not writable: {exc.strerror or exc}") from None
+        raise BadInput(f"{what} {directory!r} is not writable: {exc.strerror or exc}") from None
 
 
 def describe(config: Config) -> str:
@@ -168,18 +170,18 @@ def import_tensorflow_quietly(intra_op_threads: int = 0):
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()
+    if os.environ.get("GA3C_TF_VERBOSE"):
+        import tensorflow as tf
+
+        _configure_tf(tf, intra_op_threads)
+        return tf
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
             import tensorflow as tf
 
-            if intra_op_threads:
-                tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
-            for gpu in tf.config.list_physical_devices("GPU"):
-                # Grow GPU memory as needed instead of grabbing it all at start.
-                tf.config.experimental.set_memory_growth(gpu, True)
-            tf.config.list_logical_devices()
+            _configure_tf(tf, intra_op_threads)
             # e.g. "checkpoint being deleted with unrestored values" after a refused restore:
             # the refusal itself is reported as one clear line.
             tf.get_logger().setLevel("ERROR")
@@ -187,6 +189,15 @@ def import_tensorflow_quietly(intra_op_threads: int = 0):
         os.dup2(saved, 2)
         os.close(saved)
     return tf
+
+
+def _configure_tf(tf, intra_op_threads: int) -> None:
+    if intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+    for gpu in tf.config.list_physical_devices("GPU"):
+        # Grow GPU memory as needed instead of grabbing it all at start.
+        tf.config.experimental.set_memory_growth(gpu, True)
+    tf.config.list_logical_devices()
 
 
 def _install_signals(server) -> None:
@@ -219,10 +230,13 @@ def main(argv: list[str] | None = None) -> int:
             env_spec = inspect_env(config.env.env_id)
         except EnvError as exc:
             raise BadInput(str(exc)) from None
-        check_logdir(config.run.logdir)
+        check_writable_dir(config.run.logdir)
         print(describe(config), flush=True)
         tf = import_tensorflow_quietly(config.run.tf_threads)
         gpus = tf.config.list_logical_devices("GPU")
+        if not gpus and shutil.which("nvidia-smi"):
+            print("note: nvidia-smi is here but TensorFlow sees no GPU; set GA3C_TF_VERBOSE=1 "
+                  "to see TensorFlow's start-up messages", flush=True)
         print(f"device: {', '.join(d.name for d in gpus) if gpus else 'CPU (no GPU found)'}; "
               f"TensorFlow {tf.__version__}; XLA {'on' if config.run.xla else 'off'}; "
               f"mixed precision {'on (bfloat16)' if config.run.mixed_precision else 'off'}",
@@ -288,6 +302,13 @@ def eval_main(argv: list[str] | None = None) -> int:
         fv = parse_flags(define_eval_flags, argv, prog)
         if not fv.logdir:
             raise BadInput("--logdir is required")
+        if not os.path.isdir(fv.logdir):
+            raise BadInput(f"logdir {fv.logdir!r} does not exist")
+        # Outputs are checked before any episode is played.
+        check_writable_dir(os.path.dirname(os.path.abspath(fv.json)) if fv.json else fv.logdir,
+                           "summary folder")
+        if fv.video_dir:
+            check_writable_dir(fv.video_dir, "--video_dir")
         import_tensorflow_quietly()
         from ga3c.evaluate import EvalError, evaluate, write_summary
 
@@ -296,8 +317,9 @@ def eval_main(argv: list[str] | None = None) -> int:
                                fv.video_dir, fv.env)
         except EvalError as exc:
             raise BadInput(str(exc)) from None
+        env_part = f"-{summary.env.replace('/', '_').replace(':', '_')}" if fv.env else ""
         path = fv.json or os.path.join(
-            fv.logdir, f"eval-{os.path.basename(summary.checkpoint)}-{fv.policy}.json")
+            fv.logdir, f"eval-{os.path.basename(summary.checkpoint)}{env_part}-{fv.policy}.json")
         write_summary(summary, path)
         print(summary.table())
         print(f"checkpoint {summary.checkpoint}; summary written to {path}")

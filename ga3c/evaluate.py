@@ -9,6 +9,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -52,9 +53,13 @@ def load_run_config(logdir: str) -> Config:
         raise EvalError(f"{logdir!r} is not a ga3c run: no config.json in it")
     try:
         with open(path) as f:
-            return Config.from_dict(json.load(f))
-    except (OSError, ValueError, TypeError) as exc:
+            config = Config.from_dict(json.load(f))
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise EvalError(f"cannot read {path}: {exc}") from None
+    problems = config.validate()
+    if problems:
+        raise EvalError(f"{path} is not a valid ga3c config: {'; '.join(problems)}")
+    return config
 
 
 def find_checkpoint(logdir: str, checkpoint: str | None) -> str:
@@ -115,12 +120,17 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
     if video_dir:  # fail before playing if the env cannot render (e.g. pygame missing)
         try:
             env.reset(seed=seed)
-            env.render()
-        except gym.error.DependencyNotInstalled as exc:
+            frame = env.render()
+        except Exception as exc:  # noqa: BLE001 - e.g. pygame missing
             env.close()
             raise EvalError(f"cannot render {env_id} for video: {exc}") from None
-        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True,
-                                       name_prefix="eval", disable_logger=True)
+        if not isinstance(frame, np.ndarray):
+            env.close()
+            raise EvalError(f"{env_id} renders no rgb_array frames, so no video can be made")
+        with warnings.catch_warnings():  # the folder exists: ga3c-eval checked it is writable
+            warnings.filterwarnings("ignore", message=".*Overwriting existing videos.*")
+            env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True,
+                                           name_prefix="eval", disable_logger=True)
     rng = np.random.default_rng(seed)
     returns, lengths = [], []
     try:
@@ -139,8 +149,10 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
             lengths.append(length)
     finally:
         env.close()
-    videos = sorted(os.path.join(video_dir, f) for f in os.listdir(video_dir)
-                    if f.endswith(".mp4")) if video_dir else []
+    # RecordVideo names them eval-episode-<i>.mp4; list exactly this evaluation's.
+    videos = [os.path.join(video_dir, f"eval-episode-{i}.mp4") for i in range(episodes)
+              ] if video_dir else []
+    videos = [v for v in videos if os.path.exists(v)]
     r = np.array(returns)
     return EvalSummary(env=env_id, checkpoint=path, policy=policy, episodes=episodes,
                        mean=float(r.mean()), std=float(r.std()), min=float(r.min()),

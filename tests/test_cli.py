@@ -210,3 +210,11 @@ def test_signal_stops_cleanly_and_saves(tmp_path, sig):
     assert stop_seconds < 15
     assert any(f.startswith("ckpt-") for f in os.listdir(logdir / "checkpoints"))
     assert (logdir / "policy.keras").exists()
+
+
+def test_xla_and_mixed_precision_run_end_to_end(tmp_path):
+    proc = run_cli(*TINY, f"--logdir={tmp_path}/xla", "--max_env_steps=2000", "--xla",
+                   "--mixed_precision")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "XLA on; mixed precision on (bfloat16)" in proc.stdout
+    assert "device: " in proc.stdout

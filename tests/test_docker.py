@@ -54,7 +54,19 @@ def test_base_image_is_the_tensorflow_gpu_image_pyproject_allows():
     assert len(base) == 1
     match = re.fullmatch(r"tensorflow/tensorflow:(\d+\.\d+\.\d+)-gpu", base[0])
     assert match, f"base image {base[0]!r} is not a pinned tensorflow/tensorflow:X.Y.Z-gpu tag"
-    assert Version(match.group(1)) in pinned("tensorflow")
+    tag = Version(match.group(1))
+    spec = pinned("tensorflow")
+    assert tag in spec
+    # The newest minor release pyproject allows: the one a fresh install (and CI) gets.
+    assert Version(f"{tag.major}.{tag.minor + 1}.0") not in spec
+
+
+def test_base_image_tensorflow_is_the_one_the_tests_run_on():
+    from importlib.metadata import version
+
+    tag = re.search(r"tensorflow:(\d+\.\d+)", read("Dockerfile")).group(1)
+    installed = Version(version("tensorflow"))
+    assert f"{installed.major}.{installed.minor}" == tag
 
 
 def test_every_copied_path_exists():
@@ -65,16 +77,25 @@ def test_every_copied_path_exists():
             assert os.path.exists(os.path.join(REPO, src)), src
 
 
+def readme_commands():
+    """Lines inside the README's fenced code blocks, split at `&&`."""
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", read("README.md"), flags=re.M | re.S)
+    return [part.strip() for block in blocks for line in block.splitlines()
+            for part in line.split("&&")]
+
+
 def test_install_step_is_the_readme_and_ci_install():
     runs = [args for word, args in instructions() if word == "RUN"]
     docker = [pip_install_target(r) for r in runs if pip_install_target(r)]
     assert docker == ["."]
-    readme = [pip_install_target(part) for line in read("README.md").splitlines()
-              for part in line.split("&&") if pip_install_target(part)]
+    readme = [pip_install_target(c) for c in readme_commands() if pip_install_target(c)]
     ci = [pip_install_target(line) for line in read(".ci/run").splitlines()
           if pip_install_target(line)]
     assert readme and set(readme) == {"."}
     assert ci == ["."]  # CI installs the same package, with the test extra
+    # and the README's first command is exactly the Dockerfile's, options aside
+    assert [c for c in readme_commands() if "pip install" in c][0] == "pip install -e ."
+    assert any(re.fullmatch(r"pip install( --[\w-]+)* -e \.", r) for r in runs)
 
 
 @pytest.mark.parametrize("word, expected", [

@@ -171,11 +171,15 @@ def test_xla_predict_matches_and_pads_to_few_sizes():
     rng = np.random.default_rng(4)
     plain, xla = make_learner(), make_learner(xla=True)
     xla.model.set_weights(plain.model.get_weights())
+    seen = []
+    compiled = xla._predict_fn
+    xla._predict_fn = lambda states: (seen.append(len(states)), compiled(states))[1]
     for b in (1, 5, 8, 9, 33):
         states = rng.normal(size=(b, 3)).astype(np.float32)
         for got, want in zip(xla.predict(states), plain.predict(states)):
             assert got.shape[0] == b
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert seen == [8, 8, 8, 16, 64]  # what XLA compiled for: powers of two only
     assert xla.trace_counts()[0] == 1
 
 

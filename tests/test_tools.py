@@ -9,7 +9,7 @@ import pytest
 
 from ga3c.cli import eval_main, plot_main
 from ga3c.plot import rolling_mean
-from tests.test_cli import assert_one_line_error, snapshot
+from tests.test_cli import assert_one_line_error, copy_run, snapshot
 
 
 def run_eval(capsys, *args):
@@ -101,6 +101,7 @@ def test_plot_overlays_runs_into_a_png(tmp_path, capsys):
     (["--logdir=/nonexistent/run"], "no episodes.csv"),
     (["--logdir=RUN", "--window=0"], "--window=0"),
     (["--logdir=RUN", "--out=/nonexistent/dir/x.png"], "does not exist"),
+    (["--logdir=RUN", "--out=curve.svg"], "must be a .png"),
 ])
 def test_plot_bad_input(tmp_path, capsys, argv, needle):
     pytest.importorskip("matplotlib")
@@ -111,7 +112,31 @@ def test_plot_bad_input(tmp_path, capsys, argv, needle):
     assert len(err) == 1 and needle in err[0], err
 
 
+def test_plot_reads_only_complete_rows_and_drops_rows_a_resume_superseded(tmp_path):
+    from ga3c.plot import read_episodes
+
+    # a killed run wrote rows at 300 and 400 past its checkpoint at 200; the resumed run
+    # went on from 200; a half-written row "9.9,500,1" has only three fields
+    rows = [(1.0, 100, 10.0), (2.0, 200, 20.0), (3.0, 300, 30.0), (4.0, 400, 40.0),
+            (2.5, 250, 25.0), (3.5, 350, 35.0)]
+    write_csv(tmp_path / "r", rows, tail="9.9,500,1")
+    data = read_episodes(str(tmp_path / "r"))
+    assert data["env_steps"].tolist() == [100, 200, 250, 350]
+    assert data["episode_return"].tolist() == [10.0, 20.0, 25.0, 35.0]
+
+
 def test_rolling_mean_matches_naive():
     x = np.arange(10, dtype=float) ** 2
     want = [np.mean(x[max(0, i - 3):i + 1]) for i in range(10)]
     np.testing.assert_allclose(rolling_mean(x, 4), want)
+
+
+def test_eval_refuses_a_checkpoint_that_does_not_fit_the_saved_config(trained_run, tmp_path,
+                                                                       capsys):
+    logdir = copy_run(trained_run, tmp_path, "wrongnet")
+    path = os.path.join(logdir, "config.json")
+    config = json.loads(open(path).read())
+    config["network"]["hidden"] = [32]
+    with open(path, "w") as f:
+        json.dump(config, f)
+    assert_eval_error(run_eval(capsys, f"--logdir={logdir}"), "cannot restore checkpoint")
