@@ -217,41 +217,40 @@ def _install_signals(server) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if wants_help(argv):
-        print(help_text(define_flags, f"{PROG} --flagfile=configs/cartpole.cfg [--flag=...]"))
-        return 0
+    return run_entry(PROG, define_flags, "--flagfile=configs/cartpole.cfg [--flag=...]", argv,
+                     train)
 
-    def body() -> int:
-        config = parse_config(argv)
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from ga3c.envs import EnvError, inspect_env
-        try:
-            env_spec = inspect_env(config.env.env_id)
-        except EnvError as exc:
-            raise BadInput(str(exc)) from None
-        check_writable_dir(config.run.logdir)
-        print(describe(config), flush=True)
-        tf = import_tensorflow_quietly(config.run.tf_threads)
-        gpus = tf.config.list_logical_devices("GPU")
-        if not gpus and shutil.which("nvidia-smi"):
-            print("note: nvidia-smi is here but TensorFlow sees no GPU; set GA3C_TF_VERBOSE=1 "
-                  "to see TensorFlow's start-up messages", flush=True)
-        print(f"device: {', '.join(d.name for d in gpus) if gpus else 'CPU (no GPU found)'}; "
-              f"TensorFlow {tf.__version__}; XLA {'on' if config.run.xla else 'off'}; "
-              f"mixed precision {'on (bfloat16)' if config.run.mixed_precision else 'off'}",
-              flush=True)
-        from ga3c.server import Server, SetupError
 
-        server = Server(config, env_spec)
-        try:
-            server.setup()
-        except SetupError as exc:
-            raise BadInput(str(exc)) from None
-        _install_signals(server)
-        return server.run()
+def train(argv: list[str]) -> int:
+    """ga3c-train's body: flags to config, checks, then the service."""
+    config = parse_config(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ga3c.envs import EnvError, inspect_env
 
-    return guarded(PROG, body)
+    try:
+        env_spec = inspect_env(config.env.env_id)
+    except EnvError as exc:
+        raise BadInput(str(exc)) from None
+    check_writable_dir(config.run.logdir)
+    print(describe(config), flush=True)
+    tf = import_tensorflow_quietly(config.run.tf_threads)
+    gpus = tf.config.list_logical_devices("GPU")
+    if not gpus and shutil.which("nvidia-smi"):
+        print("note: nvidia-smi is here but TensorFlow sees no GPU; set GA3C_TF_VERBOSE=1 "
+              "to see TensorFlow's start-up messages", flush=True)
+    print(f"device: {', '.join(d.name for d in gpus) if gpus else 'CPU (no GPU found)'}; "
+          f"TensorFlow {tf.__version__}; XLA {'on' if config.run.xla else 'off'}; "
+          f"mixed precision {'on (bfloat16)' if config.run.mixed_precision else 'off'}",
+          flush=True)
+    from ga3c.server import Server, SetupError
+
+    server = Server(config, env_spec)
+    try:
+        server.setup()
+    except SetupError as exc:
+        raise BadInput(str(exc)) from None
+    _install_signals(server)
+    return server.run()
 
 
 def define_eval_flags(fv: flags.FlagValues) -> None:
@@ -279,10 +278,14 @@ def define_plot_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("title", None, "Figure title.", flag_values=fv)
 
 
-def guarded(prog: str, body) -> int:
-    """Run an entry point's body: bad input is one line on stderr and exit code 2."""
+def run_entry(prog: str, define, usage: str, argv: list[str] | None, body) -> int:
+    """Run an entry point: --help prints the flags; bad input is one line and exit code 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv):
+        print(help_text(define, f"{prog} {usage}"))
+        return 0
     try:
-        return body()
+        return body(argv)
     except BadInput as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -292,67 +295,61 @@ def guarded(prog: str, body) -> int:
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    prog = "ga3c-eval"
-    argv = sys.argv[1:] if argv is None else argv
-    if wants_help(argv):
-        print(help_text(define_eval_flags, f"{prog} --logdir=runs/cp1 [--episodes=20 ...]"))
-        return 0
+    return run_entry("ga3c-eval", define_eval_flags, "--logdir=runs/cp1 [--episodes=20 ...]",
+                     argv, evaluate_run)
 
-    def body() -> int:
-        fv = parse_flags(define_eval_flags, argv, prog)
-        if not fv.logdir:
-            raise BadInput("--logdir is required")
-        if not os.path.isdir(fv.logdir):
-            raise BadInput(f"logdir {fv.logdir!r} does not exist")
-        # Outputs are checked before any episode is played.
-        check_writable_dir(os.path.dirname(os.path.abspath(fv.json)) if fv.json else fv.logdir,
-                           "summary folder")
-        if fv.video_dir:
-            check_writable_dir(fv.video_dir, "--video_dir")
-        import_tensorflow_quietly()
-        from ga3c.evaluate import EvalError, evaluate, write_summary
 
-        try:
-            summary = evaluate(fv.logdir, fv.episodes, fv.policy, fv.seed, fv.checkpoint,
-                               fv.video_dir, fv.env)
-        except EvalError as exc:
-            raise BadInput(str(exc)) from None
-        env_part = f"-{summary.env.replace('/', '_').replace(':', '_')}" if fv.env else ""
-        path = fv.json or os.path.join(
-            fv.logdir, f"eval-{os.path.basename(summary.checkpoint)}{env_part}-{fv.policy}.json")
-        write_summary(summary, path)
-        print(summary.table())
-        print(f"checkpoint {summary.checkpoint}; summary written to {path}")
-        for video in summary.videos:
-            print(f"video {video}")
-        return 0
+def evaluate_run(argv: list[str]) -> int:
+    """ga3c-eval's body."""
+    fv = parse_flags(define_eval_flags, argv, "ga3c-eval")
+    if not fv.logdir:
+        raise BadInput("--logdir is required")
+    if not os.path.isdir(fv.logdir):
+        raise BadInput(f"logdir {fv.logdir!r} does not exist")
+    # Outputs are checked before any episode is played.
+    check_writable_dir(os.path.dirname(os.path.abspath(fv.json)) if fv.json else fv.logdir,
+                       "summary folder")
+    if fv.video_dir:
+        check_writable_dir(fv.video_dir, "--video_dir")
+    import_tensorflow_quietly()
+    from ga3c.evaluate import EvalError, evaluate, write_summary
 
-    return guarded(prog, body)
+    try:
+        summary = evaluate(fv.logdir, fv.episodes, fv.policy, fv.seed, fv.checkpoint,
+                           fv.video_dir, fv.env)
+    except EvalError as exc:
+        raise BadInput(str(exc)) from None
+    env_part = f"-{summary.env.replace('/', '_').replace(':', '_')}" if fv.env else ""
+    path = fv.json or os.path.join(
+        fv.logdir, f"eval-{os.path.basename(summary.checkpoint)}{env_part}-{fv.policy}.json")
+    write_summary(summary, path)
+    print(summary.table())
+    print(f"checkpoint {summary.checkpoint}; summary written to {path}")
+    for video in summary.videos:
+        print(f"video {video}")
+    return 0
 
 
 def plot_main(argv: list[str] | None = None) -> int:
-    prog = "ga3c-plot"
-    argv = sys.argv[1:] if argv is None else argv
-    if wants_help(argv):
-        print(help_text(define_plot_flags, f"{prog} --logdir=runs/cp1 [--logdir=...] --out=x.png"))
-        return 0
+    return run_entry("ga3c-plot", define_plot_flags, "--logdir=runs/cp1 [--logdir=...] --out=x.png",
+                     argv, plot)
 
-    def body() -> int:
-        fv = parse_flags(define_plot_flags, argv, prog)
-        if not fv.logdir:
-            raise BadInput("give at least one --logdir")
-        if fv.window < 1:
-            raise BadInput(f"--window={fv.window}: must be >= 1")
-        from ga3c.plot import PlotError, plot_runs
 
-        try:
-            out = plot_runs(fv.logdir, fv.out, fv.window, fv.title)
-        except PlotError as exc:
-            raise BadInput(str(exc)) from None
-        print(f"wrote {out}")
-        return 0
+def plot(argv: list[str]) -> int:
+    """ga3c-plot's body."""
+    fv = parse_flags(define_plot_flags, argv, "ga3c-plot")
+    if not fv.logdir:
+        raise BadInput("give at least one --logdir")
+    if fv.window < 1:
+        raise BadInput(f"--window={fv.window}: must be >= 1")
+    from ga3c.plot import PlotError, plot_runs
 
-    return guarded(prog, body)
+    try:
+        out = plot_runs(fv.logdir, fv.out, fv.window, fv.title)
+    except PlotError as exc:
+        raise BadInput(str(exc)) from None
+    print(f"wrote {out}")
+    return 0
 
 
 def entry_point() -> None:
