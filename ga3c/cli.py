@@ -35,6 +35,9 @@ def define_flags(fv: flags.FlagValues) -> None:
                       flag_values=fv)
     flags.DEFINE_bool("separate_towers", n.separate_towers,
                       "Separate policy and value MLPs (else one shared trunk).", flag_values=fv)
+    flags.DEFINE_enum("cnn", n.cnn, ["ga3c", "nature"],
+                      "CNN trunk for image observations: GA3C's or the larger Nature DQN.",
+                      flag_values=fv)
     flags.DEFINE_integer("n_step", a.n_step, "Steps per n-step return (A3C t_max).", flag_values=fv)
     flags.DEFINE_float("gamma", a.gamma, "Discount factor.", flag_values=fv)
     flags.DEFINE_float("learning_rate", a.learning_rate, "RMSProp learning rate.", flag_values=fv)
@@ -107,7 +110,7 @@ def parse_config(argv: list[str]) -> Config:
         raise BadInput(f"--hidden={','.join(fv.hidden)}: must be comma-separated integers") from None
     config = Config(
         env=EnvConfig(env_id=fv.env, envs_per_agent=fv.envs_per_agent),
-        network=NetworkConfig(hidden=hidden, separate_towers=fv.separate_towers),
+        network=NetworkConfig(hidden=hidden, separate_towers=fv.separate_towers, cnn=fv.cnn),
         algo=AlgoConfig(n_step=fv.n_step, gamma=fv.gamma, learning_rate=fv.learning_rate,
                         rho=fv.rho, epsilon=fv.epsilon, entropy_coef=fv.entropy_coef,
                         value_coef=fv.value_coef, clip_norm=fv.clip_norm,

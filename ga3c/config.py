@@ -28,6 +28,8 @@ class NetworkConfig:
     hidden: tuple[int, ...] = (64, 64)
     # Separate policy and value towers (True) or one shared trunk with two heads (False).
     separate_towers: bool = True
+    # CNN trunk for image observations: "ga3c" (GA3C's small net) or "nature" (Nature DQN).
+    cnn: str = "ga3c"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +104,7 @@ class Config:
         check(e.envs_per_agent >= 1, "envs_per_agent", e.envs_per_agent, ">= 1")
         check(len(n.hidden) >= 1 and all(h >= 1 for h in n.hidden), "hidden", list(n.hidden),
               "one or more positive layer sizes")
+        check(n.cnn in ("ga3c", "nature"), "cnn", n.cnn, "'ga3c' or 'nature'")
         check(a.n_step >= 1, "n_step", a.n_step, ">= 1")
         check(finite(a.gamma) and 0.0 < a.gamma <= 1.0, "gamma", a.gamma, "in (0, 1]")
         check(finite(a.learning_rate) and a.learning_rate > 0, "learning_rate", a.learning_rate, "> 0")

@@ -10,6 +10,52 @@ from ga3c.config import NetworkConfig
 
 def build_network(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
                   config: NetworkConfig) -> keras.Model:
+    """The actor-critic network for these observations: an MLP for flat vectors, a CNN
+    (`config.cnn`) for stacked frames shaped (stack, height, width)."""
+    if len(obs_shape) == 3:
+        return build_cnn(obs_shape, obs_dtype, num_actions, config.cnn)
+    return build_mlp(obs_shape, obs_dtype, num_actions, config)
+
+
+def _heads(features, num_actions: int):
+    # Heads in float32 even under a mixed-precision policy: logits feed a log-softmax.
+    logits = layers.Dense(num_actions, name="logits", dtype="float32",
+                          kernel_initializer=keras.initializers.Orthogonal(0.01))(features[0])
+    value = layers.Dense(1, name="value_head", dtype="float32")(features[1])
+    value = layers.Reshape((), name="value", dtype="float32")(value)
+    return {"logits": logits, "value": value}
+
+
+# (filters, kernel, stride, padding) per conv layer, then the dense layer's width.
+CNN_TRUNKS = {
+    # GA3C (NVlabs): 16 8x8/4, 32 4x4/2, both "same" -> 11x11x32 = 3872 features, dense 256.
+    "ga3c": ([(16, 8, 4, "same"), (32, 4, 2, "same")], 256),
+    # Nature DQN: 32 8x8/4, 64 4x4/2, 64 3x3/1, "valid" -> 7x7x64 = 3136 features, dense 512.
+    "nature": ([(32, 8, 4, "valid"), (64, 4, 2, "valid"), (64, 3, 1, "valid")], 512),
+}
+
+
+def build_cnn(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
+              trunk: str) -> keras.Model:
+    """CNN actor-critic for stacked frames (stack, height, width), e.g. Atari's (4, 84, 84).
+
+    Frames travel the queues as uint8 and are scaled to [0, 1] inside the model; the policy
+    and value heads share the trunk, as in GA3C.
+    """
+    convs, dense = CNN_TRUNKS[trunk]
+    inputs = keras.Input(shape=obs_shape, dtype=obs_dtype, name="obs")
+    x = layers.Permute((2, 3, 1), name="channels_last")(inputs)
+    x = layers.Rescaling(1.0 / 255.0, name="scale")(x)
+    for i, (filters, kernel, stride, padding) in enumerate(convs):
+        x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, activation="relu",
+                          name=f"conv{i}")(x)
+    x = layers.Flatten(name="features")(x)
+    x = layers.Dense(dense, activation="relu", name="dense")(x)
+    return keras.Model(inputs, _heads((x, x), num_actions), name=f"ga3c_{trunk}_cnn")
+
+
+def build_mlp(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
+              config: NetworkConfig) -> keras.Model:
     """MLP actor-critic for vector observations.
 
     Outputs `logits` of shape (batch, num_actions) and `value` of shape (batch,).
@@ -29,9 +75,4 @@ def build_network(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
 
     pi_features = tower("pi" if config.separate_towers else "trunk")
     v_features = tower("v") if config.separate_towers else pi_features
-    # Heads in float32 even under a mixed-precision policy: logits feed a log-softmax.
-    logits = layers.Dense(num_actions, name="logits", dtype="float32",
-                          kernel_initializer=keras.initializers.Orthogonal(0.01))(pi_features)
-    value = layers.Dense(1, name="value_head", dtype="float32")(v_features)
-    value = layers.Reshape((), name="value", dtype="float32")(value)
-    return keras.Model(inputs, {"logits": logits, "value": value}, name="ga3c_mlp")
+    return keras.Model(inputs, _heads((pi_features, v_features), num_actions), name="ga3c_mlp")

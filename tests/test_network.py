@@ -1,0 +1,62 @@
+"""Network shapes: the GA3C CNN's 3872 features, uint8 frames scaled inside, the MLP towers."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+import keras  # noqa: E402
+
+from ga3c.config import AlgoConfig, NetworkConfig  # noqa: E402
+from ga3c.learner import Learner  # noqa: E402
+from ga3c.network import build_network  # noqa: E402
+from ga3c.returns import Transitions  # noqa: E402
+
+ATARI = (4, 84, 84)  # stacked grayscale frames, stack first (gymnasium / ale-py layout)
+
+
+@pytest.mark.parametrize("trunk, features, dense, convs", [
+    ("ga3c", 3872, 256, [(21, 21, 16), (11, 11, 32)]),  # GA3C: 'same' padding -> 11x11x32
+    ("nature", 3136, 512, [(20, 20, 32), (9, 9, 64), (7, 7, 64)]),
+])
+def test_cnn_trunks_have_the_published_shapes(trunk, features, dense, convs):
+    model = build_network(ATARI, "uint8", 6, NetworkConfig(cnn=trunk))
+    assert model.get_layer("features").output.shape[1:] == (features,)
+    assert model.get_layer("dense").output.shape[1:] == (dense,)
+    assert [tuple(model.get_layer(f"conv{i}").output.shape[1:]) for i in range(len(convs))] \
+        == convs
+    out = model(np.zeros((2, *ATARI), np.uint8))
+    assert out["logits"].shape == (2, 6) and out["value"].shape == (2,)
+
+
+def test_frames_are_uint8_and_scaled_inside_the_model():
+    model = build_network(ATARI, "uint8", 3, NetworkConfig())
+    assert model.inputs[0].dtype == "uint8"
+    frames = np.random.default_rng(0).integers(0, 256, (3, *ATARI), dtype=np.uint8)
+    scaled = model.get_layer("scale")
+    probe = keras.Model(model.inputs[0], scaled.output)
+    got = np.asarray(probe(frames))
+    np.testing.assert_allclose(got, frames.transpose(0, 2, 3, 1) / 255.0, atol=1e-6)
+
+
+def test_mlp_towers_separate_or_shared():
+    separate = build_network((4,), "float32", 2, NetworkConfig(hidden=(8, 8)))
+    shared = build_network((4,), "float32", 2, NetworkConfig(hidden=(8, 8),
+                                                             separate_towers=False))
+    names = {layer.name for layer in separate.layers}
+    assert {"pi_dense0", "v_dense0"} <= names
+    assert "trunk_dense0" in {layer.name for layer in shared.layers}
+    assert separate.count_params() > shared.count_params()
+
+
+def test_learner_trains_the_cnn_on_uint8_frames():
+    rng = np.random.default_rng(1)
+    learner = Learner(ATARI, np.uint8, 4, NetworkConfig(), AlgoConfig())
+    frames = rng.integers(0, 256, (5, *ATARI), dtype=np.uint8)
+    logits, values = learner.predict(frames)
+    assert logits.shape == (5, 4) and values.shape == (5,)
+    batch = Transitions(frames, rng.integers(0, 4, 5).astype(np.int32),
+                        np.ones(5, np.float32), frames[::-1].copy(), np.full(5, 5, np.int32),
+                        np.ones(5, np.float32), np.zeros(5, np.int64))
+    metrics = learner.train(batch)
+    assert np.isfinite(metrics.loss) and learner.version == 1
