@@ -166,7 +166,7 @@ def env_only_ceiling(config: Config, warmup: float, seconds: float) -> float:
 def _num_actions(config: Config) -> int:
     from ga3c.envs import inspect_env
 
-    return inspect_env(config.env.env_id).num_actions
+    return inspect_env(config.env.env_id, config.env).num_actions
 
 
 def model_ceiling(config: Config, env_spec, batch: int, threads: int, seconds: float,
@@ -285,7 +285,7 @@ def main(argv: list[str]) -> int:
     from ga3c.envs import EnvError, inspect_env
 
     try:
-        env_spec = inspect_env(configs[0][1].env.env_id)
+        env_spec = inspect_env(configs[0][1].env.env_id, configs[0][1].env)
         with open(args.json, "a"):
             pass  # an unwritable --json fails now, not after the whole sweep
     except (EnvError, OSError) as exc:

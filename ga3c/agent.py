@@ -32,7 +32,7 @@ def sample_actions(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 class Agent(Worker):
     def __init__(self, index: int, make_env: Callable[[], gym.vector.VectorEnv], seed: int,
                  n_step: int, gamma: float, predictors: PredictorGroup, training_queue,
-                 stats, stop: threading.Event, failure: Failure) -> None:
+                 stats, stop: threading.Event, failure: Failure, clip_rewards: bool = False) -> None:
         super().__init__(f"agent-{index}", stop, failure)
         self._make_env = make_env
         self._seed = seed
@@ -40,6 +40,7 @@ class Agent(Worker):
         self._predictors = predictors
         self._training_queue = training_queue
         self._stats = stats
+        self._clip_rewards = clip_rewards
         # A stream of its own: the envs are seeded with `seed` too (gymnasium's np_random).
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
 
@@ -64,7 +65,9 @@ class Agent(Worker):
                 return
             actions = sample_actions(reply.logits, self.rng)
             obs, rewards, terminated, truncated, _ = env.step(actions)
-            valid = builder.add(actions, rewards, terminated, truncated, obs, reply.version)
+            # Training sees clipped rewards (if asked); the episode scores stay the game's.
+            train_rewards = np.clip(rewards, -1.0, 1.0) if self._clip_rewards else rewards
+            valid = builder.add(actions, train_rewards, terminated, truncated, obs, reply.version)
             returns, lengths = tracker.add(rewards, terminated, truncated, valid)
             self._stats.add_env_steps(int(np.count_nonzero(valid)), returns, lengths)
             if builder.full and not put_until_stopped(self._training_queue, builder.flush(), self):

@@ -31,6 +31,12 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("env", e.env_id, "Gymnasium env id (discrete actions).", flag_values=fv)
     flags.DEFINE_integer("envs_per_agent", e.envs_per_agent,
                          "Envs stepped together by each environment thread.", flag_values=fv)
+    flags.DEFINE_float("repeat_action_probability", e.repeat_action_probability,
+                       "Atari sticky-action probability.", flag_values=fv)
+    flags.DEFINE_bool("clip_rewards", e.clip_rewards, "Clip training rewards to [-1, 1] "
+                      "(reported scores stay real).", flag_values=fv)
+    flags.DEFINE_integer("ale_threads", e.ale_threads,
+                         "ale-py C++ threads per agent's Atari vector env.", flag_values=fv)
     flags.DEFINE_list("hidden", [str(h) for h in n.hidden], "MLP hidden layer sizes.",
                       flag_values=fv)
     flags.DEFINE_bool("separate_towers", n.separate_towers,
@@ -109,7 +115,9 @@ def parse_config(argv: list[str]) -> Config:
     except ValueError:
         raise BadInput(f"--hidden={','.join(fv.hidden)}: must be comma-separated integers") from None
     config = Config(
-        env=EnvConfig(env_id=fv.env, envs_per_agent=fv.envs_per_agent),
+        env=EnvConfig(env_id=fv.env, envs_per_agent=fv.envs_per_agent,
+                      repeat_action_probability=fv.repeat_action_probability,
+                      clip_rewards=fv.clip_rewards, ale_threads=fv.ale_threads),
         network=NetworkConfig(hidden=hidden, separate_towers=fv.separate_towers, cnn=fv.cnn),
         algo=AlgoConfig(n_step=fv.n_step, gamma=fv.gamma, learning_rate=fv.learning_rate,
                         rho=fv.rho, epsilon=fv.epsilon, entropy_coef=fv.entropy_coef,
@@ -231,7 +239,7 @@ def train(argv: list[str]) -> int:
     from ga3c.envs import EnvError, inspect_env
 
     try:
-        env_spec = inspect_env(config.env.env_id)
+        env_spec = inspect_env(config.env.env_id, config.env)
     except EnvError as exc:
         raise BadInput(str(exc)) from None
     check_writable_dir(config.run.logdir)

@@ -20,6 +20,14 @@ class EnvConfig:
     env_id: str = "CartPole-v1"
     # Each environment thread (agent) steps a small vector of envs to amortise Python overhead.
     envs_per_agent: int = 96
+    # Atari (ALE/... ids): sticky actions. 0 as in GA3C's "Deterministic" Pong and the
+    # NoFrameskip-v4 setups of SB3/CleanRL baselines, so scores compare; 0.25 is Machado et
+    # al.'s harder protocol.
+    repeat_action_probability: float = 0.0
+    # Clip training rewards to [-1, 1] (Atari); scores in logs and episodes.csv stay real.
+    clip_rewards: bool = False
+    # ale-py C++ worker threads per agent's Atari vector env.
+    ale_threads: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +110,9 @@ class Config:
         e, n, a, p, r = self.env, self.network, self.algo, self.pipeline, self.run
         check(bool(e.env_id.strip()), "env", e.env_id, "a gymnasium env id")
         check(e.envs_per_agent >= 1, "envs_per_agent", e.envs_per_agent, ">= 1")
+        check(finite(e.repeat_action_probability) and 0 <= e.repeat_action_probability < 1,
+              "repeat_action_probability", e.repeat_action_probability, "in [0, 1)")
+        check(e.ale_threads >= 1, "ale_threads", e.ale_threads, ">= 1")
         check(len(n.hidden) >= 1 and all(h >= 1 for h in n.hidden), "hidden", list(n.hidden),
               "one or more positive layer sizes")
         check(n.cnn in ("ga3c", "nature"), "cnn", n.cnn, "'ga3c' or 'nature'")

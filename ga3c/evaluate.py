@@ -16,7 +16,7 @@ import numpy as np
 
 from ga3c.agent import sample_actions
 from ga3c.config import Config
-from ga3c.envs import EnvError, inspect_env, resolve_env_id
+from ga3c.envs import EnvError, ale_game, inspect_env, resolve_env_id
 
 
 class EvalError(Exception):
@@ -96,6 +96,9 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
     path = find_checkpoint(logdir, checkpoint)
     run_env = config.env.env_id
     env_id = env_id or run_env
+    if ale_game(env_id) is not None:
+        raise EvalError(f"ga3c-eval does not play Atari runs yet ({env_id}): it needs the "
+                        "agents' preprocessed frames (planned with Atari support)")
     try:
         spec = inspect_env(env_id)
         run_spec = spec if env_id == run_env else inspect_env(run_env)

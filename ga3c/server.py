@@ -112,15 +112,16 @@ class Pipeline:
 
     def __init__(self, config: Config, predict_fn, train_fn, version_fn, stats: Stats,
                  stop: threading.Event, failure: Failure, seed: int) -> None:
-        p, env_id, per_agent = config.pipeline, config.env.env_id, config.env.envs_per_agent
+        p, env, per_agent = config.pipeline, config.env, config.env.envs_per_agent
         self.config = config
         self.predictors = PredictorGroup(predict_fn, version_fn, stats, p.max_predict_batch,
                                          p.prediction_queue_size, stop, failure)
         self.trainers = TrainerGroup(train_fn, version_fn, stats, p.min_train_batch,
                                      p.training_queue_size, stop, failure)
-        self.agents = [Agent(i, lambda: make_vector_env(env_id, per_agent), seed + i * per_agent,
-                             config.algo.n_step, config.algo.gamma, self.predictors,
-                             self.trainers.queue, stats, stop, failure)
+        self.agents = [Agent(i, lambda: make_vector_env(env.env_id, per_agent, env),
+                             seed + i * per_agent, config.algo.n_step, config.algo.gamma,
+                             self.predictors, self.trainers.queue, stats, stop, failure,
+                             clip_rewards=env.clip_rewards)
                        for i in range(p.num_agents)]
 
     def start(self) -> None:

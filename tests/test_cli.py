@@ -70,6 +70,7 @@ def snapshot(directory):
     (["--env=Pendulum-v1"], ["Pendulum-v1", "Discrete"]),
     (["--env=no_such_module:Thing-v0"], ["no_such_module"]),
     (["--env=:Thing-v0"], [":Thing-v0"]),
+    (["--env=ALE/NoSuchGame-v5"], ["no_such_game"]),
     (["--seed=4294967296"], ["seed"]),
 ])
 def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, args, needles):

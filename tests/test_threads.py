@@ -549,7 +549,7 @@ class FakeVectorEnv:
         self.closed = True
 
 
-def run_agent(lengths, n_step, gamma, retire_after=None, seed=3):
+def run_agent(lengths, n_step, gamma, retire_after=None, seed=3, clip_rewards=False):
     """One agent + one predictor thread; returns (env, agent, stop, failure, stats, queue).
 
     With `retire_after=N` the agent is retired inside its N-th prediction, so it makes
@@ -568,7 +568,7 @@ def run_agent(lengths, n_step, gamma, retire_after=None, seed=3):
                            stop=stop, failure=failure)
     training_queue: queue.Queue = queue.Queue()
     agent = Agent(0, lambda: env, seed, n_step, gamma, group, training_queue, stats, stop,
-                  failure)
+                  failure, clip_rewards=clip_rewards)
     holder["agent"] = agent
     return env, agent, group, stop, failure, stats, training_queue, fake
 
