@@ -20,6 +20,7 @@ import sys
 from absl import flags
 
 from ga3c.config import AlgoConfig, Config, EnvConfig, NetworkConfig, PipelineConfig, RunConfig
+from ga3c.errors import first_line
 
 PROG = "ga3c-train"
 EXIT_BAD_INPUT = 2
@@ -101,7 +102,7 @@ def parse_flags(define, argv: list[str], prog: str) -> flags.FlagValues:
     try:
         rest = fv([prog, *argv])
     except flags.Error as exc:
-        raise BadInput(str(exc).strip().splitlines()[0]) from None
+        raise BadInput(first_line(exc)) from None
     if len(rest) > 1:
         raise BadInput(f"unexpected arguments {rest[1:]} (flags look like --name=value)")
     return fv

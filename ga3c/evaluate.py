@@ -17,6 +17,7 @@ import numpy as np
 from ga3c.agent import sample_actions
 from ga3c.config import Config
 from ga3c.envs import EnvError, ale_game, inspect_env, resolve_env_id
+from ga3c.errors import first_line
 
 
 class EvalError(Exception):
@@ -116,8 +117,7 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
         tf.train.Checkpoint(model=learner.model).restore(path).expect_partial() \
             .assert_existing_objects_matched()
     except Exception as exc:  # noqa: BLE001 - any failure means "cannot evaluate it"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise EvalError(f"cannot restore checkpoint {path}: {first[:300]}") from None
+        raise EvalError(f"cannot restore checkpoint {path}: {first_line(exc)}") from None
 
     env = gym.make(resolve_env_id(env_id), render_mode="rgb_array" if video_dir else None)
     if video_dir:  # fail before playing if the env cannot render (e.g. pygame missing)

@@ -20,6 +20,7 @@ import tensorflow as tf
 from ga3c.agent import Agent
 from ga3c.config import Config
 from ga3c.envs import EnvSpec, make_vector_env
+from ga3c.errors import first_line
 from ga3c.learner import Learner
 from ga3c.predictor import PredictorGroup
 from ga3c.stats import Stats, Window, read_recent_returns
@@ -57,8 +58,7 @@ class Checkpointer:
         try:
             self.checkpoint.restore(path).assert_existing_objects_matched()
         except Exception as exc:  # noqa: BLE001 - any failure means "cannot resume from it"
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise SetupError(f"cannot restore checkpoint {path}: {first_line[:300]} "
+            raise SetupError(f"cannot restore checkpoint {path}: {first_line(exc)} "
                              "(use a new --logdir, or move that checkpoint away)") from None
         steps, episodes, updates = (int(x) for x in self.counters.numpy())
         return dict(env_steps=steps, episodes=episodes, updates=updates,
@@ -173,7 +173,7 @@ class Server:
             self.checkpointer = Checkpointer(self.learner, ckdir, cfg.run.keep_checkpoints)
         except Exception as exc:  # noqa: BLE001 - e.g. an empty or garbled state file
             raise SetupError(f"cannot read the checkpoint state in {ckdir}: "
-                             f"{str(exc).strip().splitlines()[0][:300]}") from None
+                             f"{first_line(exc)}") from None
         if self.checkpointer.latest is None and os.path.isdir(ckdir) and any(
                 f.endswith(".index") for f in os.listdir(ckdir)):
             raise SetupError(f"{ckdir} holds checkpoints but its 'checkpoint' state file is "
@@ -226,15 +226,14 @@ class Server:
             self.request_stop("stopping")
             stuck = self.pipeline.join()
             stats.close()
+            writer.close()
         if self.failure:
             print(f"ga3c: thread {self.failure.thread_name} failed:\n{self.failure.traceback}",
                   file=sys.stderr, flush=True)
             return 1
         if stuck:
             print(f"ga3c: threads did not stop within {JOIN_SECONDS:.0f}s: {stuck}", file=sys.stderr)
-        path = self.checkpointer.save(stats, self.learner)
-        self.learner.save_policy(os.path.join(self.logdir, "policy.keras"))
-        writer.close()
+        path = self._save()
         score = stats.mean_score()
         log(f"stopped ({self.stop_reason}) after {stats.env_steps:,} env steps, "
             f"{stats.episodes:,} episodes, {stats.train_seconds():.1f}s of training; "
@@ -262,8 +261,13 @@ class Server:
                 self._report(stats.window(), writer)
             if now >= next_ckpt and not self.stop.is_set():
                 next_ckpt = now + run.checkpoint_every_seconds
-                self.checkpointer.save(stats, self.learner)
-                self.learner.save_policy(os.path.join(self.logdir, "policy.keras"))
+                self._save()
+
+    def _save(self) -> str:
+        """A checkpoint (model, optimizer, counters) and policy.keras; the checkpoint's path."""
+        path = self.checkpointer.save(self.stats, self.learner)
+        self.learner.save_policy(os.path.join(self.logdir, "policy.keras"))
+        return path
 
     def _report(self, w: Window, writer) -> None:
         depths = self.pipeline.queue_depths()
