@@ -6,10 +6,11 @@ Used by `ga3c-plot` (flags in `ga3c.cli`). matplotlib is an optional extra:
 
 from __future__ import annotations
 
-import csv
 import os
 
 import numpy as np
+
+from ga3c.stats import read_episode_rows
 
 
 class PlotError(Exception):
@@ -17,28 +18,20 @@ class PlotError(Exception):
 
 
 def read_episodes(logdir: str) -> dict[str, np.ndarray]:
-    """Columns of `<logdir>/episodes.csv`.
+    """Columns of `<logdir>/episodes.csv` (complete rows; see stats.read_episode_rows).
 
-    Rows cut short by a killed run are skipped, and so are rows a resumed run superseded
-    (written after the checkpoint it resumed from: their env_steps exceed a later row's).
+    Rows a resumed run superseded are dropped too: written after the checkpoint it resumed
+    from, their env_steps exceed a later row's.
     """
     path = os.path.join(logdir, "episodes.csv")
     if not os.path.exists(path):
         raise PlotError(f"no episodes.csv in {logdir!r}")
-    rows = []
-    with open(path, newline="") as f:
-        for row in csv.reader(f):
-            try:
-                if len(row) == 4:
-                    rows.append((float(row[0]), float(row[1]), float(row[2])))
-            except ValueError:
-                continue  # the header or a partial row
-    if not rows:
+    rows = read_episode_rows(path)
+    if not len(rows):
         raise PlotError(f"{path} has no episodes yet")
-    wall, steps, score = np.array(rows).T
-    keep = steps <= np.minimum.accumulate(steps[::-1])[::-1]
-    wall, steps, score = wall[keep], steps[keep], score[keep]
-    return {"wall_time": wall, "env_steps": steps, "episode_return": score}
+    steps = rows[:, 1]
+    rows = rows[steps <= np.minimum.accumulate(steps[::-1])[::-1]]
+    return {"wall_time": rows[:, 0], "env_steps": rows[:, 1], "episode_return": rows[:, 2]}
 
 
 def rolling_mean(x: np.ndarray, window: int) -> np.ndarray:

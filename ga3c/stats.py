@@ -76,7 +76,7 @@ class Stats:
             if ends_mid_row:  # a killed run left half a row: end it, so ours start clean
                 self._csv_file.write("\n")
             if new:
-                self._csv.writerow(["wall_time", "env_steps", "episode_return", "episode_length"])
+                self._csv.writerow(CSV_HEADER)
 
     # -- written by worker threads --------------------------------------------------------
     def add_env_steps(self, n: int, returns: np.ndarray, lengths: np.ndarray) -> None:
@@ -176,21 +176,34 @@ def _last_byte(path: str) -> bytes:
         return f.read(1)
 
 
+CSV_HEADER = ["wall_time", "env_steps", "episode_return", "episode_length"]
+
+
+def read_episode_rows(episodes_csv: str) -> np.ndarray:
+    """The complete rows of an episodes.csv as an (N, 4) float array, in file order.
+
+    The header and rows cut short by a killed run are skipped. Every reader of the file
+    (resume, ga3c-plot) goes through here, so they agree on what a row is.
+    """
+    rows = []
+    with open(episodes_csv, newline="") as f:
+        for row in csv.reader(f):
+            if len(row) != len(CSV_HEADER):
+                continue
+            try:
+                rows.append([float(x) for x in row])
+            except ValueError:
+                continue  # the header, or a row whose last field was cut short
+    return np.array(rows, dtype=np.float64).reshape(-1, len(CSV_HEADER))
+
+
 def read_recent_returns(episodes_csv: str, max_env_steps: int, count: int = 100) -> list[float]:
     """The last `count` episode returns in episodes.csv that the checkpoint covers.
 
     Rows past `max_env_steps` (written after the last checkpoint by a run that was killed)
-    stay in the file but are not counted; half-written rows are skipped.
+    stay in the file but are not counted.
     """
     if not os.path.exists(episodes_csv):
         return []
-    recent: collections.deque[float] = collections.deque(maxlen=count)
-    with open(episodes_csv, newline="") as f:
-        for row in csv.reader(f):
-            try:
-                steps, ret = int(row[1]), float(row[2])
-            except (IndexError, ValueError):
-                continue  # the header, or a row cut short by a kill
-            if len(row) == 4 and steps <= max_env_steps:
-                recent.append(ret)
-    return list(recent)
+    rows = read_episode_rows(episodes_csv)
+    return rows[rows[:, 1] <= max_env_steps, 2][-count:].tolist()

@@ -1,0 +1,41 @@
+"""episodes.csv: one reader for resume and plots; rates over a window."""
+
+import time
+
+import numpy as np
+
+from ga3c.stats import CSV_HEADER, Stats, read_episode_rows, read_recent_returns
+
+
+def write(path, rows, tail=""):
+    path.write_text(",".join(CSV_HEADER) + "\n" + "".join(f"{r}\n" for r in rows) + tail)
+
+
+def test_reader_skips_header_and_rows_cut_short(tmp_path):
+    p = tmp_path / "episodes.csv"
+    write(p, ["1.0,10,5.0,5", "2.0,20,7.0,7", "2.5,25"], tail="3.0,30,9")  # 2 cut rows
+    np.testing.assert_array_equal(read_episode_rows(str(p)),
+                                  [[1.0, 10, 5.0, 5], [2.0, 20, 7.0, 7]])
+
+
+def test_resume_counts_only_rows_the_checkpoint_covers(tmp_path):
+    p = tmp_path / "episodes.csv"
+    write(p, [f"{i}.0,{i * 10},{i}.0,1" for i in range(1, 8)])
+    assert read_recent_returns(str(p), max_env_steps=50) == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert read_recent_returns(str(p), max_env_steps=50, count=2) == [4.0, 5.0]
+    assert read_recent_returns(str(tmp_path / "missing.csv"), max_env_steps=50) == []
+
+
+def test_stats_writes_rows_and_rates_are_per_window(tmp_path):
+    p = tmp_path / "episodes.csv"
+    stats = Stats(str(p))
+    stats.add_env_steps(100, np.array([3.0]), np.array([3]))
+    time.sleep(0.05)
+    w = stats.window()
+    assert w.env_steps == 100 and w.total_episodes == 1 and w.mean_score == 3.0
+    assert w.env_steps_per_s > 0
+    w2 = stats.window()  # nothing happened since: a rate, not an average since start
+    assert w2.env_steps == 0 and w2.env_steps_per_s == 0.0 and w2.total_env_steps == 100
+    stats.close()
+    rows = read_episode_rows(str(p))
+    assert rows.shape == (1, 4) and rows[0, 1] == 100 and rows[0, 2] == 3.0
