@@ -12,6 +12,7 @@ signal exits at once.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ import sys
 
 from absl import flags
 
-from ga3c.config import AlgoConfig, Config, EnvConfig, NetworkConfig, PipelineConfig, RunConfig
+from ga3c.config import Config
 from ga3c.errors import first_line
 
 PROG = "ga3c-train"
@@ -115,28 +116,15 @@ def parse_config(argv: list[str]) -> Config:
         hidden = tuple(int(h) for h in fv.hidden)
     except ValueError:
         raise BadInput(f"--hidden={','.join(fv.hidden)}: must be comma-separated integers") from None
-    config = Config(
-        env=EnvConfig(env_id=fv.env, envs_per_agent=fv.envs_per_agent,
-                      repeat_action_probability=fv.repeat_action_probability,
-                      clip_rewards=fv.clip_rewards, ale_threads=fv.ale_threads),
-        network=NetworkConfig(hidden=hidden, separate_towers=fv.separate_towers, cnn=fv.cnn),
-        algo=AlgoConfig(n_step=fv.n_step, gamma=fv.gamma, learning_rate=fv.learning_rate,
-                        rho=fv.rho, epsilon=fv.epsilon, entropy_coef=fv.entropy_coef,
-                        value_coef=fv.value_coef, clip_norm=fv.clip_norm,
-                        normalize_advantages=fv.normalize_advantages),
-        pipeline=PipelineConfig(num_agents=fv.num_agents, num_predictors=fv.num_predictors,
-                                num_trainers=fv.num_trainers, min_train_batch=fv.min_train_batch,
-                                max_predict_batch=fv.max_predict_batch,
-                                prediction_queue_size=fv.prediction_queue_size,
-                                training_queue_size=fv.training_queue_size),
-        run=RunConfig(logdir=fv.logdir, seed=fv.seed, max_env_steps=fv.max_env_steps,
-                      max_seconds=fv.max_seconds, target_score=fv.target_score,
-                      checkpoint_every_seconds=fv.checkpoint_every_seconds,
-                      keep_checkpoints=fv.keep_checkpoints,
-                      log_every_seconds=fv.log_every_seconds, resume=fv.resume,
-                      tf_threads=fv.tf_threads, xla=fv.xla,
-                      mixed_precision=fv.mixed_precision),
-    )
+    # Every config field has a flag of the same name (but env_id: --env), so the sections
+    # are read off the flags rather than listed twice.
+    special = {"env_id": fv.env, "hidden": hidden}
+
+    def section(cls):
+        return cls(**{f.name: special[f.name] if f.name in special else fv[f.name].value
+                      for f in dataclasses.fields(cls)})
+
+    config = Config(**{name: section(cls) for name, cls in Config.section_types().items()})
     problems = config.validate()
     if problems:
         raise BadInput("invalid config: " + "; ".join(problems))

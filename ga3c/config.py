@@ -154,19 +154,24 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
+    def section_types(cls) -> dict[str, type]:
+        """{"env": EnvConfig, "network": NetworkConfig, ...}"""
+        return {f.name: f.type if isinstance(f.type, type) else globals()[f.type]
+                for f in dataclasses.fields(cls)}
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Config":
         """Inverse of `to_dict` (used to rebuild a run from its saved config.json)."""
         sections = {}
-        for field in dataclasses.fields(cls):
-            section_cls = field.type if isinstance(field.type, type) else globals()[field.type]
-            raw = dict(data.get(field.name, {}))
+        for name, section_cls in cls.section_types().items():
+            raw = dict(data.get(name, {}))
             known = {f.name for f in dataclasses.fields(section_cls)}
             unknown = set(raw) - known
             if unknown:
-                raise ValueError(f"unknown {field.name} settings: {sorted(unknown)}")
+                raise ValueError(f"unknown {name} settings: {sorted(unknown)}")
             if "hidden" in raw:
                 raw["hidden"] = tuple(raw["hidden"])
-            sections[field.name] = section_cls(**raw)
+            sections[name] = section_cls(**raw)
         return cls(**sections)
 
     def replace(self, **sections: Any) -> "Config":

@@ -252,3 +252,22 @@ def test_readme_flag_table_lists_every_flag_with_its_default():
         default = fv[name].default
         expected = ",".join(default) if isinstance(default, list) else default
         assert shown.strip() == ("unset" if expected is None else str(expected)), name
+
+
+def test_every_config_field_has_a_flag_and_every_flag_a_field():
+    from absl import flags
+
+    from ga3c.cli import define_flags
+
+    fv = flags.FlagValues()
+    define_flags(fv)
+    fields = {f.name for cls in Config.section_types().values()
+              for f in dataclasses.fields(cls)}
+    assert {"env" if name == "env_id" else name for name in fields} == set(fv)
+    # and each flag's default is its field's default
+    defaults = {("env" if k == "env_id" else k): v for section in Config().to_dict().values()
+                for k, v in section.items()}
+    for name in fv:
+        want = defaults[name]
+        got = fv[name].default
+        assert (list(map(str, want)) if name == "hidden" else want) == got, name
