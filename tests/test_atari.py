@@ -7,7 +7,7 @@ from ga3c.config import EnvConfig
 from ga3c.envs import EnvError, ale_game, inspect_env, make_vector_env
 from ga3c.returns import Transitions, reference_transitions
 from tests.test_cli import run_cli
-from tests.test_threads import drain, join_all, run_agent
+from tests.test_threads import run_agent_until_retired
 
 pytest.importorskip("ale_py")
 
@@ -51,25 +51,19 @@ def test_pong_vector_env_steps_with_next_step_autoreset_and_real_rewards():
 def test_agent_clips_training_rewards_but_reports_real_scores():
     """Rewards of the fake env are 1 + t + 10 e (> 1): training sees them clipped to 1."""
     lengths, n_step, gamma, steps = [2, 3], 2, 0.5, 8
-    env, agent, group, stop, failure, stats, tq, _ = run_agent(
-        lengths, n_step, gamma, retire_after=steps, clip_rewards=True)
-    try:
-        group.start(1)
-        agent.start()
-        join_all([agent], timeout=3.0)
-    finally:
-        stop.set()
-        join_all(group.threads + [agent])
-    assert not failure, failure.traceback
-    batch = Transitions.concatenate(drain(tq))
+    env, stats, parts, _ = run_agent_until_retired(lengths, n_step, gamma, steps,
+                                                   clip_rewards=True)
+    batch = Transitions.concatenate(parts)
     for e in range(len(lengths)):
         clipped = [(s, a, float(np.clip(r, -1, 1)), te, tr, ns) for s, a, r, te, tr, ns
                    in env.raw[e]]
         ref = reference_transitions(clipped, n_step, gamma)
         mine = batch.states[:, 0] == e
         np.testing.assert_allclose(batch.rewards[mine], [r["reward"] for r in ref], rtol=1e-6)
-    # the scores kept for the console and episodes.csv are the raw sums (env 1: 11+12+13)
-    assert 36.0 in list(stats._returns)
+    # Scores for the console and episodes.csv are the raw sums: in 8 steps env 0 ends 3
+    # episodes of 1 + 2 = 3, env 1 ends 2 of 11 + 12 + 13 = 36 (clipped they would be 2 and 3).
+    assert stats.episodes == 5
+    assert stats.mean_score() == pytest.approx((3 * 3 + 2 * 36) / 5)
 
 
 def test_pong_trains_a_few_hundred_steps_through_the_cli(tmp_path):

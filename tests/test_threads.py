@@ -116,6 +116,14 @@ class Requester(Worker):
         finally:
             self.done.set()
 
+    @classmethod
+    def spawn(cls, started: list, name, group, requests, stop, failure) -> "Requester":
+        """Start one and append it to `started` (so the test's cleanup joins it)."""
+        r = cls(name, group, requests, stop, failure)
+        r.start()
+        started.append(r)
+        return r
+
 
 def make_group(predict_fn, version_fn=lambda: 0, max_batch=8, queue_size=64):
     stop, failure, stats = threading.Event(), Failure(), Stats(None)
@@ -147,9 +155,7 @@ def test_predictor_batches_pending_requests_and_carries_overflow():
         # ... while four 3-row requests queue up, in a known order.
         reqs = []
         for k in range(4):
-            r = Requester(f"req-{k}", group, [rows(k + 1, 3)], stop, failure)
-            r.start()
-            reqs.append(r)
+            r = Requester.spawn(reqs, f"req-{k}", group, [rows(k + 1, 3)], stop, failure)
             wait_until(lambda: group.queue.qsize() == k + 1, what=f"request {k} queued")
         gate.set()
         for r in [primer, *reqs]:
@@ -188,14 +194,10 @@ def test_predictor_carried_request_keeps_fifo_order_and_never_overflows():
     reqs = []
     try:
         group.start(1)
-        primer = Requester("primer", group, [rows(9, 2)], stop, failure)
-        primer.start()
-        reqs.append(primer)
+        Requester.spawn(reqs, "primer", group, [rows(9, 2)], stop, failure)
         assert fake.entered.wait(2.0)
         for k, n in enumerate(sizes):
-            r = Requester(f"req-{k}", group, [rows(k + 1, n)], stop, failure)
-            r.start()
-            reqs.append(r)
+            r = Requester.spawn(reqs, f"req-{k}", group, [rows(k + 1, n)], stop, failure)
             wait_until(lambda: group.queue.qsize() == k + 1, what=f"request {k} queued")
         gate.set()
         for r in reqs:
@@ -272,17 +274,11 @@ def test_predictor_stop_while_requests_pending():
     reqs = []
     try:
         group.start(1)
-        a = Requester("in-model", group, [rows(1, 2)], stop, failure)
-        a.start()
-        reqs.append(a)
+        Requester.spawn(reqs, "in-model", group, [rows(1, 2)], stop, failure)
         assert fake.entered.wait(2.0)
-        b = Requester("queued", group, [rows(2, 2)], stop, failure)
-        b.start()
-        reqs.append(b)
+        Requester.spawn(reqs, "queued", group, [rows(2, 2)], stop, failure)
         wait_until(lambda: group.queue.qsize() == 1, what="second request queued")
-        c = Requester("blocked-put", group, [rows(3, 2)], stop, failure)
-        c.start()
-        reqs.append(c)
+        c = Requester.spawn(reqs, "blocked-put", group, [rows(3, 2)], stop, failure)
         time.sleep(0.1)  # c is now retrying put on the full queue
         assert not c.done.is_set()
         stop.set()
@@ -573,6 +569,23 @@ def run_agent(lengths, n_step, gamma, retire_after=None, seed=3, clip_rewards=Fa
     return env, agent, group, stop, failure, stats, training_queue, fake
 
 
+def run_agent_until_retired(lengths, n_step, gamma, steps, **kwargs):
+    """Run one agent for exactly `steps` vector steps (then it flushes its partial segment).
+
+    Returns (env, stats, parts put on the training queue, the fake predict fn)."""
+    env, agent, group, stop, failure, stats, tq, fake = run_agent(
+        lengths, n_step, gamma, retire_after=steps, **kwargs)
+    try:
+        group.start(1)
+        agent.start()
+        join_all([agent], timeout=3.0)
+    finally:
+        stop.set()
+        join_all(group.threads + [agent])
+    assert not failure, failure.traceback
+    return env, stats, drain(tq), fake
+
+
 def drain(q: queue.Queue) -> list[Transitions]:
     out = []
     while True:
@@ -585,21 +598,11 @@ def drain(q: queue.Queue) -> list[Transitions]:
 def test_agent_end_to_end_with_fake_vector_env():
     lengths = [1, 2, 3, 5]  # env 0's episodes end on their first step
     n_step, gamma, steps = 3, 0.5, 14  # 14 is not a multiple of 3: a partial segment at the end
-    env, agent, group, stop, failure, stats, tq, fake = run_agent(lengths, n_step, gamma,
-                                                                  retire_after=steps)
-    try:
-        group.start(1)
-        agent.start()
-        join_all([agent], timeout=3.0)
-    finally:
-        stop.set()
-        join_all(group.threads + [agent])
-    assert not failure, failure.traceback
+    env, stats, parts, fake = run_agent_until_retired(lengths, n_step, gamma, steps)
     assert env.closed and env.reset_seed == 3
     assert len(fake.batch_sizes) == steps and all(b == len(lengths) for b in fake.batch_sizes)
     assert all(len(r) == steps for r in env.raw)
 
-    parts = drain(tq)
     assert all(len(p) > 0 for p in parts)
     assert len(parts) == -(-steps // n_step)  # 4 full segments + the flushed partial one
     batch = Transitions.concatenate(parts)
