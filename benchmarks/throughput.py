@@ -42,17 +42,13 @@ sys.path.insert(0, REPO)
 from ga3c.cli import BadInput, import_tensorflow_quietly, parse_config  # noqa: E402
 from ga3c.config import Config  # noqa: E402
 from ga3c.returns import Transitions  # noqa: E402
-from ga3c.stats import Stats  # noqa: E402
+from ga3c.stats import Stats, peak_rss_mib  # noqa: E402
 from ga3c.threads import Failure  # noqa: E402
 
 
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def gpu_utilisation() -> float | None:

@@ -20,7 +20,7 @@ import sys
 
 from absl import flags
 
-from ga3c.config import Config
+from ga3c.config import ENV_BACKENDS, Config
 from ga3c.errors import first_line
 
 PROG = "ga3c-train"
@@ -37,8 +37,18 @@ def define_flags(fv: flags.FlagValues) -> None:
                        "Atari sticky-action probability.", flag_values=fv)
     flags.DEFINE_bool("clip_rewards", e.clip_rewards, "Clip training rewards to [-1, 1] "
                       "(reported scores stay real).", flag_values=fv)
+    flags.DEFINE_enum("env_backend", e.env_backend, ENV_BACKENDS,
+                      "How envs are stepped: gymnasium envs in Python threads, ale-py's C++ "
+                      "vector env (ALE ids), or auto (ale_vector for ALE ids).", flag_values=fv)
     flags.DEFINE_integer("ale_threads", e.ale_threads,
                          "ale-py C++ threads per agent's Atari vector env.", flag_values=fv)
+    flags.DEFINE_integer("ale_batch_size", e.ale_batch_size,
+                         "ale_vector: envs per recv() (0: all, lock step).", flag_values=fv)
+    flags.DEFINE_integer("max_episode_frames", e.max_episode_frames,
+                         "Atari: truncate episodes after this many frames.", flag_values=fv)
+    flags.DEFINE_bool("episodic_life", e.episodic_life,
+                      "Atari: a lost life ends the training episode (scores stay whole games).",
+                      flag_values=fv)
     flags.DEFINE_list("hidden", [str(h) for h in n.hidden], "MLP hidden layer sizes.",
                       flag_values=fv)
     flags.DEFINE_bool("separate_towers", n.separate_towers,
@@ -51,6 +61,8 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_float("learning_rate", a.learning_rate, "RMSProp learning rate.", flag_values=fv)
     flags.DEFINE_float("rho", a.rho, "RMSProp decay.", flag_values=fv)
     flags.DEFINE_float("epsilon", a.epsilon, "RMSProp epsilon.", flag_values=fv)
+    flags.DEFINE_float("rmsprop_init", a.rmsprop_init,
+                       "Initial RMSProp mean-square accumulator (Keras: 0, TF1: 1).", flag_values=fv)
     flags.DEFINE_float("entropy_coef", a.entropy_coef, "Entropy bonus weight.", flag_values=fv)
     flags.DEFINE_float("value_coef", a.value_coef, "Value loss weight.", flag_values=fv)
     flags.DEFINE_float("clip_norm", a.clip_norm, "Global gradient-norm clip (0: off).",

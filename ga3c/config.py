@@ -15,6 +15,9 @@ import math
 from typing import Any
 
 
+ENV_BACKENDS = ("auto", "threads", "ale_vector")
+
+
 @dataclasses.dataclass(frozen=True)
 class EnvConfig:
     env_id: str = "CartPole-v1"
@@ -26,8 +29,22 @@ class EnvConfig:
     repeat_action_probability: float = 0.0
     # Clip training rewards to [-1, 1] (Atari); scores in logs and episodes.csv stay real.
     clip_rewards: bool = False
+    # How the environments are stepped. "threads": gymnasium envs in the agents' Python threads
+    # (any gymnasium id; Atari preprocessing by gymnasium's wrappers). "ale_vector": ale-py's
+    # C++ vector env (ALE/... ids only), preprocessing in C++ outside the GIL. "auto":
+    # ale_vector for ALE ids, threads otherwise.
+    env_backend: str = "auto"
     # ale-py C++ worker threads per agent's Atari vector env.
     ale_threads: int = 1
+    # ale_vector: how many envs each recv() returns (0: all of them, lock step). Smaller
+    # batches let the C++ threads step some games while the rest wait for actions.
+    ale_batch_size: int = 0
+    # Atari: an episode is truncated (time limit, bootstrapped) after this many frames
+    # (108,000 frames = 30 minutes of play, the ALE standard).
+    max_episode_frames: int = 108_000
+    # Atari: a lost life ends the training episode (no bootstrap across it); scores and
+    # episode counts still follow whole games.
+    episodic_life: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +66,10 @@ class AlgoConfig:
     rho: float = 0.99  # RMSProp decay
     # Added inside the square root, as in Keras 3 and TF1's RMSProp (GA3C used 0.1).
     epsilon: float = 1e-5
+    # Starting value of RMSProp's mean-square accumulator. Keras 3 starts it at 0, so its first
+    # steps are sign steps of ~10x the learning rate; TF1 (GA3C) and SB3's RMSpropTFLike (the
+    # rl-zoo Atari A2C settings) start it at 1, so early steps are small.
+    rmsprop_init: float = 0.0
     entropy_coef: float = 0.01
     value_coef: float = 0.5
     clip_norm: float = 0.5  # global-norm gradient clipping; 0 disables it
@@ -110,9 +131,14 @@ class Config:
         e, n, a, p, r = self.env, self.network, self.algo, self.pipeline, self.run
         check(bool(e.env_id.strip()), "env", e.env_id, "a gymnasium env id")
         check(e.envs_per_agent >= 1, "envs_per_agent", e.envs_per_agent, ">= 1")
+        check(e.env_backend in ENV_BACKENDS, "env_backend", e.env_backend,
+              " or ".join(repr(b) for b in ENV_BACKENDS))
+        check(e.ale_threads >= 1, "ale_threads", e.ale_threads, ">= 1")
+        check(e.max_episode_frames >= 1, "max_episode_frames", e.max_episode_frames, ">= 1")
+        check(0 <= e.ale_batch_size <= e.envs_per_agent, "ale_batch_size", e.ale_batch_size,
+              f"in [0, envs_per_agent={e.envs_per_agent}] (0: all)")
         check(finite(e.repeat_action_probability) and 0 <= e.repeat_action_probability < 1,
               "repeat_action_probability", e.repeat_action_probability, "in [0, 1)")
-        check(e.ale_threads >= 1, "ale_threads", e.ale_threads, ">= 1")
         check(len(n.hidden) >= 1 and all(h >= 1 for h in n.hidden), "hidden", list(n.hidden),
               "one or more positive layer sizes")
         check(n.cnn in ("ga3c", "nature"), "cnn", n.cnn, "'ga3c' or 'nature'")
@@ -121,6 +147,8 @@ class Config:
         check(finite(a.learning_rate) and a.learning_rate > 0, "learning_rate", a.learning_rate, "> 0")
         check(finite(a.rho) and 0.0 <= a.rho < 1.0, "rho", a.rho, "in [0, 1)")
         check(finite(a.epsilon) and a.epsilon > 0, "epsilon", a.epsilon, "> 0")
+        check(finite(a.rmsprop_init) and a.rmsprop_init >= 0, "rmsprop_init", a.rmsprop_init,
+              ">= 0")
         check(finite(a.entropy_coef) and a.entropy_coef >= 0, "entropy_coef", a.entropy_coef, ">= 0")
         check(finite(a.value_coef) and a.value_coef > 0, "value_coef", a.value_coef, "> 0")
         check(finite(a.clip_norm) and a.clip_norm >= 0, "clip_norm", a.clip_norm, ">= 0 (0 disables)")

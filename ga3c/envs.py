@@ -10,6 +10,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
+from gymnasium.wrappers.vector import TransformObservation
 
 from ga3c.config import EnvConfig
 
@@ -46,11 +47,78 @@ def ale_game(env_id: str) -> str | None:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", match.group(1)).lower()
 
 
-def make_atari_vector_env(game: str, num_envs: int, env: EnvConfig) -> gym.vector.VectorEnv:
+def env_backend(env_id: str, env: EnvConfig) -> str:
+    """The backend that steps `env_id`: "ale_vector" or "threads" (resolves "auto")."""
+    is_ale = ale_game(env_id) is not None
+    if env.env_backend == "auto":
+        return "ale_vector" if is_ale else "threads"
+    if env.env_backend == "ale_vector" and not is_ale:
+        raise EnvError(f"--env_backend=ale_vector steps Atari games only (ALE/Name-v5 ids), "
+                       f"not {env_id!r}; use --env_backend=threads")
+    return env.env_backend
+
+
+class FireReset(gym.Wrapper):
+    """Press FIRE after each reset, for games that wait for it (as ale-py's vector env does)."""
+
+    def reset(self, **kwargs):
+        self.env.reset(**kwargs)
+        obs, _, terminated, truncated, info = self.env.step(1)
+        if terminated or truncated:
+            obs, info = self.env.reset(**kwargs)
+        return obs, info
+
+
+def atari_preprocessing(e: gym.Env) -> gym.Env:
+    """gymnasium's Atari preprocessing for a raw (frameskip=1) ALE env: 84x84 grayscale,
+    frameskip 4 with max-pool, up to 30 no-op starts, fire on reset, frame stack 4."""
+    e = gym.wrappers.AtariPreprocessing(e, noop_max=30, frame_skip=4, screen_size=84,
+                                        grayscale_obs=True, scale_obs=False)
+    if "FIRE" in e.unwrapped.get_action_meanings()[1:2]:
+        e = FireReset(e)
+    return gym.wrappers.FrameStackObservation(e, 4)
+
+
+def _ale_make_kwargs(env: EnvConfig) -> dict:
+    import ale_py
+
+    gym.register_envs(ale_py)
+    return dict(frameskip=1, repeat_action_probability=env.repeat_action_probability,
+                max_num_frames_per_episode=env.max_episode_frames)
+
+
+def make_atari_threads_env(env_id: str, num_envs: int, env: EnvConfig) -> gym.vector.VectorEnv:
+    """`num_envs` ALE games stepped one after another in the calling (agent) thread, with
+    gymnasium's own Atari preprocessing (the ale_vector backend's frames, resized by opencv
+    instead of ale-py's C++)."""
+    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
+                        wrappers=[atari_preprocessing], **_ale_make_kwargs(env))
+
+
+def make_single_env(env_id: str, env: EnvConfig, render_mode: str | None = None,
+                    wrap_raw=None) -> gym.Env:
+    """One env that sees what the agents see (for evaluation). Atari games get the threads
+    backend's preprocessing; `wrap_raw` (e.g. a video recorder) wraps the raw game first, so
+    a video shows the real screen."""
+    is_ale = ale_game(env_id) is not None
+    e = gym.make(env_id if is_ale else resolve_env_id(env_id), render_mode=render_mode,
+                 **(_ale_make_kwargs(env) if is_ale else {}))
+    if wrap_raw is not None:
+        e = wrap_raw(e)
+    if not is_ale:
+        return e
+    e = atari_preprocessing(e)
+    return gym.wrappers.TransformObservation(e, frames_last,
+                                             frames_last_space(e.observation_space))
+
+
+def make_atari_vector_env(game: str, num_envs: int, env: EnvConfig, batch_size: int = 0
+                          ) -> gym.vector.VectorEnv:
     """ale-py's C++ vector env with the standard preprocessing done outside the GIL:
     84x84 grayscale, frame stack 4, frameskip 4 with max-pool, up to 30 no-op starts, fire on
     reset. Rewards come back unclipped (the agent clips its training copy), so the scores
-    reported are the game's."""
+    reported are the game's. Lives are in `info["lives"]`: ga3c's episodic life ends the
+    training episode there itself, because ale-py's own option restarts the whole game."""
     from ale_py import roms
     from ale_py.vector_env import AtariVectorEnv
 
@@ -59,10 +127,87 @@ def make_atari_vector_env(game: str, num_envs: int, env: EnvConfig) -> gym.vecto
         rom = roms.get_rom_path(game)
     if rom is None:
         raise EnvError(f"no Atari ROM named {game!r} in ale-py")
-    return AtariVectorEnv(game, num_envs, num_threads=env.ale_threads,
+    return AtariVectorEnv(game, num_envs, batch_size=batch_size, num_threads=env.ale_threads,
                           repeat_action_probability=env.repeat_action_probability,
+                          max_num_frames_per_episode=env.max_episode_frames,
                           reward_clipping=False, episodic_life=False, noop_max=30,
                           use_fire_reset=True, autoreset_mode=AutoresetMode.NEXT_STEP)
+
+
+def frames_last(obs: np.ndarray) -> np.ndarray:
+    """Stacked frames (..., stack, height, width) -> (..., height, width, stack), contiguous.
+
+    ale-py and gymnasium's FrameStackObservation put the stack first; the CNN (TensorFlow's
+    CPU convolutions) wants it last. Moving it once here, in numpy, costs less than a
+    transpose inside the model, which would run again for every predict and train pass.
+    """
+    return np.ascontiguousarray(np.moveaxis(obs, -3, -1))
+
+
+def frames_last_space(space: gym.spaces.Box) -> gym.spaces.Box:
+    return gym.spaces.Box(frames_last(space.low), frames_last(space.high), dtype=space.dtype)
+
+
+def with_frames_last(vec: gym.vector.VectorEnv) -> gym.vector.VectorEnv:
+    """`vec` with stacked-frame observations moved to (height, width, stack); others as is."""
+    if len(vec.single_observation_space.shape) != 3:
+        return vec
+    return TransformObservation(vec, frames_last, frames_last_space(vec.observation_space),
+                                frames_last_space(vec.single_observation_space))
+
+
+class LockStepEnvs:
+    """A gymnasium vector env: every env steps on every call (`ids` is always all of them)."""
+
+    def __init__(self, env: gym.vector.VectorEnv) -> None:
+        self.env = env
+        self.num_envs = env.num_envs
+        self.single_observation_space = env.single_observation_space
+        self._ids = np.arange(env.num_envs)
+        self._actions = None
+
+    def reset(self, seed: int):
+        obs, info = self.env.reset(seed=seed)
+        return self._ids, obs, info
+
+    def send(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def recv(self):
+        obs, rewards, terminated, truncated, info = self.env.step(self._actions)
+        return self._ids, obs, rewards, terminated, truncated, info
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class AsyncAtariEnvs(LockStepEnvs):
+    """ale-py's AtariVectorEnv with batch_size < num_envs: its C++ threads step the games;
+    `recv()` returns the first `batch_size` envs ready (`info["env_id"]`) and `send()`
+    answers them in that order. The first time an env shows up it brings its reset frame."""
+
+    def __init__(self, env) -> None:
+        super().__init__(env)
+        self.single_observation_space = frames_last_space(env.single_observation_space)
+
+    def reset(self, seed: int):
+        obs, info = self.env.reset(seed=seed)
+        return np.asarray(info["env_id"]), frames_last(obs), info
+
+    def send(self, actions: np.ndarray) -> None:
+        self.env.send(actions)
+
+    def recv(self):
+        obs, rewards, terminated, truncated, info = self.env.recv()
+        return np.asarray(info["env_id"]), frames_last(obs), rewards, terminated, truncated, info
+
+
+def make_agent_envs(env_id: str, num_envs: int, env: EnvConfig) -> LockStepEnvs:
+    """The envs one agent steps: lock step, or ale-py's async batches (`ale_batch_size`)."""
+    if env_backend(env_id, env) == "ale_vector" and 0 < env.ale_batch_size < num_envs:
+        return AsyncAtariEnvs(make_atari_vector_env(ale_game(env_id), num_envs, env,
+                                                    batch_size=env.ale_batch_size))
+    return LockStepEnvs(make_vector_env(env_id, num_envs, env))
 
 
 def make_vector_env(env_id: str, num_envs: int, env: EnvConfig | None = None
@@ -73,26 +218,31 @@ def make_vector_env(env_id: str, num_envs: int, env: EnvConfig | None = None
     implementation when it registers one (CartPole does: one numpy call steps all copies)
     and gymnasium's SyncVectorEnv otherwise.
     """
-    game = ale_game(env_id)
-    if game is not None:
-        return make_atari_vector_env(game, num_envs, env or EnvConfig(env_id=env_id))
+    env = env or EnvConfig(env_id=env_id)
+    backend = env_backend(env_id, env)
+    if backend == "ale_vector":
+        return with_frames_last(make_atari_vector_env(ale_game(env_id), num_envs, env))
+    if ale_game(env_id) is not None:
+        return with_frames_last(make_atari_threads_env(env_id, num_envs, env))
     env_id = resolve_env_id(env_id)
     spec = gym.spec(env_id)
     mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
-    env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode)
-    autoreset = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+    vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode)
+    autoreset = vec.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
     if autoreset != AutoresetMode.NEXT_STEP:
-        env.close()
+        vec.close()
         raise EnvError(f"env {env_id!r}: vector env autoreset mode {autoreset} is not NEXT_STEP")
-    return env
+    return with_frames_last(vec)
 
 
 def inspect_env(env_id: str, env: EnvConfig | None = None) -> EnvSpec:
     """Check that `env_id` exists and suits ga3c; raise EnvError with one clear line if not.
 
     The spaces are read from the vector env the agents will use (for Atari: the preprocessed
-    (4, 84, 84) uint8 frames, not the raw screen).
+    uint8 frames, stack moved last: (84, 84, 4), not the raw screen).
     """
+    if env is not None and env.episodic_life and ale_game(env_id) is None:
+        raise EnvError(f"--episodic_life needs an Atari game (ALE/Name-v5 ids), not {env_id!r}")
     if ale_game(env_id) is None:
         try:
             gym.spec(resolve_env_id(env_id))

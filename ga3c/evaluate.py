@@ -16,7 +16,7 @@ import numpy as np
 
 from ga3c.agent import sample_actions
 from ga3c.config import Config
-from ga3c.envs import EnvError, ale_game, inspect_env, resolve_env_id
+from ga3c.envs import EnvError, inspect_env, make_single_env
 from ga3c.errors import first_line
 
 
@@ -97,12 +97,12 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
     path = find_checkpoint(logdir, checkpoint)
     run_env = config.env.env_id
     env_id = env_id or run_env
-    if ale_game(env_id) is not None:
-        raise EvalError(f"ga3c-eval does not play Atari runs yet ({env_id}): it needs the "
-                        "agents' preprocessed frames (planned with Atari support)")
+    # The run's env settings (sticky actions, frame cap), on the env asked for; whole games.
+    env_config = dataclasses.replace(config.env, env_id=env_id, episodic_life=False,
+                                     env_backend="auto")
     try:
-        spec = inspect_env(env_id)
-        run_spec = spec if env_id == run_env else inspect_env(run_env)
+        spec = inspect_env(env_id, env_config)
+        run_spec = spec if env_id == run_env else inspect_env(run_env, config.env)
     except EnvError as exc:
         raise EvalError(str(exc)) from None
     if (spec.obs_shape, spec.num_actions) != (run_spec.obs_shape, run_spec.num_actions):
@@ -119,8 +119,8 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
     except Exception as exc:  # noqa: BLE001 - any failure means "cannot evaluate it"
         raise EvalError(f"cannot restore checkpoint {path}: {first_line(exc)}") from None
 
-    env = gym.make(resolve_env_id(env_id), render_mode="rgb_array" if video_dir else None)
-    if video_dir:  # fail before playing if the env cannot render (e.g. pygame missing)
+    def record_video(env: gym.Env) -> gym.Env:
+        # Fail before playing if the env cannot render (e.g. pygame missing).
         try:
             env.reset(seed=seed)
             frame = env.render()
@@ -132,8 +132,11 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
             raise EvalError(f"{env_id} renders no rgb_array frames, so no video can be made")
         with warnings.catch_warnings():  # the folder exists: ga3c-eval checked it is writable
             warnings.filterwarnings("ignore", message=".*Overwriting existing videos.*")
-            env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True,
-                                           name_prefix="eval", disable_logger=True)
+            return gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True,
+                                            name_prefix="eval", disable_logger=True)
+
+    env = make_single_env(env_id, env_config, render_mode="rgb_array" if video_dir else None,
+                          wrap_raw=record_video if video_dir else None)
     rng = np.random.default_rng(seed)
     returns, lengths = [], []
     try:

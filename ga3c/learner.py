@@ -114,6 +114,10 @@ class Learner:
         self.optimizer = keras.optimizers.RMSprop(
             learning_rate=algo.learning_rate, rho=algo.rho, epsilon=algo.epsilon)
         self.optimizer.build(self.model.trainable_variables)
+        if algo.rmsprop_init:
+            for velocity in self.optimizer.variables:
+                if "velocity" in velocity.path:
+                    velocity.assign(tf.fill(velocity.shape, algo.rmsprop_init))
         self._version = 0
         self._version_lock = threading.Lock()
 
@@ -141,16 +145,17 @@ class Learner:
 
     def _train_impl(self, states, actions, rewards, next_states, nsteps, masks, weights):
         algo = self.algo
-        batch = tf.shape(states)[0]
+        # V(s_n) in its own forward pass, outside the tape: nothing is back-propagated
+        # through the next states (with them in the taped pass, the CNN's backward pass
+        # ran over twice the rows and a train step cost 1.5x as much).
+        next_values = tf.cast(self.model(next_states, training=False)["value"], tf.float32)
+        discounts = tf.pow(tf.constant(algo.gamma, tf.float32), tf.cast(nsteps, tf.float32))
+        targets = rewards + discounts * next_values * masks
         with tf.GradientTape() as tape:
-            out = self.model(tf.concat([states, next_states], axis=0), training=True)
-            logits = out["logits"][:batch]
-            value = tf.cast(out["value"], tf.float32)
-            values, next_values = value[:batch], value[batch:]
-            discounts = tf.pow(tf.constant(algo.gamma, tf.float32), tf.cast(nsteps, tf.float32))
-            targets = rewards + discounts * tf.stop_gradient(next_values) * masks
-            terms = a3c_loss(logits, values, actions, targets, algo.value_coef, algo.entropy_coef,
-                             weights, algo.normalize_advantages)
+            out = self.model(states, training=True)
+            terms = a3c_loss(out["logits"], tf.cast(out["value"], tf.float32), actions, targets,
+                             algo.value_coef, algo.entropy_coef, weights,
+                             algo.normalize_advantages)
         variables = self.model.trainable_variables
         grads = tape.gradient(terms.total, variables)
         if algo.clip_norm > 0:

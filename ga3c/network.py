@@ -11,7 +11,7 @@ from ga3c.config import NetworkConfig
 def build_network(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
                   config: NetworkConfig) -> keras.Model:
     """The actor-critic network for these observations: an MLP for flat vectors, a CNN
-    (`config.cnn`) for stacked frames shaped (stack, height, width)."""
+    (`config.cnn`) for stacked frames shaped (height, width, stack)."""
     if len(obs_shape) == 3:
         return build_cnn(obs_shape, obs_dtype, num_actions, config.cnn)
     return build_mlp(obs_shape, obs_dtype, num_actions, config)
@@ -37,15 +37,15 @@ CNN_TRUNKS = {
 
 def build_cnn(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
               trunk: str) -> keras.Model:
-    """CNN actor-critic for stacked frames (stack, height, width), e.g. Atari's (4, 84, 84).
+    """CNN actor-critic for stacked frames (height, width, stack), e.g. Atari's (84, 84, 4).
 
     Frames travel the queues as uint8 and are scaled to [0, 1] inside the model; the policy
-    and value heads share the trunk, as in GA3C.
+    and value heads share the trunk, as in GA3C. The envs deliver the stack last
+    (`ga3c.envs.frames_last`), the layout TensorFlow's CPU convolutions take.
     """
     convs, dense = CNN_TRUNKS[trunk]
     inputs = keras.Input(shape=obs_shape, dtype=obs_dtype, name="obs")
-    x = layers.Permute((2, 3, 1), name="channels_last")(inputs)
-    x = layers.Rescaling(1.0 / 255.0, name="scale")(x)
+    x = layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
     for i, (filters, kernel, stride, padding) in enumerate(convs):
         x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, activation="relu",
                           name=f"conv{i}")(x)

@@ -49,7 +49,7 @@ class Transitions(NamedTuple):
 class NStepBuilder:
     """Accumulates vector-env steps and cuts them into n-step transitions.
 
-    Usage, inside an agent's loop::
+    Usage, inside an agent's loop (lock step: every env steps every time)::
 
         builder = NStepBuilder(num_envs, n_step, gamma, obs_space.shape, obs_space.dtype)
         builder.reset(obs)
@@ -58,7 +58,12 @@ class NStepBuilder:
             obs, rewards, terminated, truncated, _ = env.step(actions)
             builder.add(actions, rewards, terminated, truncated, obs, version)
             if builder.full:
-                training_queue.put(builder.flush())
+                training_queue.put(builder.flush(builder.full_envs()))
+
+    With an asynchronous vector env, each step concerns only some envs: pass their indices
+    as `ids` to `reset` and `add`. Every env keeps its own segment clock; an env's segment is
+    cut after `n_step` of *its* steps (`full_envs()`), so transitions are the same as if it
+    had been stepped alone.
     """
 
     def __init__(self, num_envs: int, n_step: int, gamma: float, obs_shape, obs_dtype) -> None:
@@ -66,50 +71,74 @@ class NStepBuilder:
         self._obs = np.zeros((n_step + 1, num_envs, *obs_shape), dtype=obs_dtype)
         self._actions = np.zeros((n_step, num_envs), dtype=np.int32)
         self._rewards = np.zeros((n_step, num_envs), dtype=np.float32)
-        self._terminated = np.zeros((n_step, num_envs), dtype=bool)
-        self._done = np.zeros((n_step, num_envs), dtype=bool)
+        self._terminal = np.zeros((n_step, num_envs), dtype=bool)  # mask 0 here
+        self._cut = np.zeros((n_step, num_envs), dtype=bool)  # the return stops here
         self._valid = np.zeros((n_step, num_envs), dtype=bool)
         self._versions = np.zeros((n_step, num_envs), dtype=np.int64)
         self._prev_done = np.zeros(num_envs, dtype=bool)
-        self._t = 0
+        self._t = np.zeros(num_envs, dtype=np.intp)  # steps recorded per env since its flush
+        self._all = np.arange(num_envs)
 
     @property
     def full(self) -> bool:
-        return self._t == self.n_step
+        """Some env has a whole segment (flush it before its next step)."""
+        return bool((self._t == self.n_step).any())
+
+    def full_envs(self) -> np.ndarray:
+        return np.flatnonzero(self._t == self.n_step)
 
     @property
     def pending(self) -> int:
-        """Vector steps recorded since the last flush."""
-        return self._t
+        """Most steps any env has recorded since its last flush."""
+        return int(self._t.max())
 
-    def reset(self, obs: np.ndarray) -> None:
-        """Start from freshly reset environments."""
-        self._obs[0] = obs
-        self._prev_done[:] = False
-        self._t = 0
+    def reset(self, obs: np.ndarray, ids=None) -> None:
+        """Start envs `ids` (default: all) from freshly reset observations."""
+        ids = self._all if ids is None else np.asarray(ids)
+        self._obs[0, ids] = obs
+        self._prev_done[ids] = False
+        self._t[ids] = 0
 
-    def add(self, actions, rewards, terminated, truncated, next_obs, version: int = 0) -> np.ndarray:
-        """Record one vector step; returns the `valid` mask (False for autoreset steps)."""
-        t = self._t
-        if t >= self.n_step:
-            raise RuntimeError("NStepBuilder is full: call flush() first")
-        valid = ~self._prev_done
+    def add(self, actions, rewards, terminated, truncated, next_obs, version=0,
+            life_lost=None, ids=None) -> np.ndarray:
+        """Record one step of envs `ids` (default: all); returns the `valid` mask (False for
+        autoreset steps). `version` may be one number or one per env.
+
+        `life_lost` (episodic life): where True, the n-step return is cut there with mask 0,
+        as at a termination, but the game goes on, so the next step is a transition.
+        """
+        ids = self._all if ids is None else np.asarray(ids)
+        t = self._t[ids]
+        if (t >= self.n_step).any():
+            raise RuntimeError("NStepBuilder: an env's segment is full: call flush() first")
+        valid = ~self._prev_done[ids]
         done = np.logical_or(terminated, truncated) & valid
-        self._actions[t] = actions
-        self._rewards[t] = rewards
-        self._terminated[t] = np.asarray(terminated) & valid
-        self._done[t] = done
-        self._valid[t] = valid
-        self._versions[t] = version
-        self._obs[t + 1] = next_obs
-        self._prev_done = done
-        self._t = t + 1
+        terminal = np.asarray(terminated) if life_lost is None else np.logical_or(terminated, life_lost)
+        terminal = terminal & valid
+        self._actions[t, ids] = actions
+        self._rewards[t, ids] = rewards
+        self._terminal[t, ids] = terminal
+        self._cut[t, ids] = done | terminal
+        self._valid[t, ids] = valid
+        self._versions[t, ids] = version
+        self._obs[t + 1, ids] = next_obs
+        self._prev_done[ids] = done
+        self._t[ids] = t + 1
         return valid
 
-    def flush(self) -> Transitions:
-        """Transitions for every valid step recorded since the last flush; starts a new segment."""
-        T = self._t
-        E = self.num_envs
+    def flush(self, ids=None) -> Transitions:
+        """Transitions for every valid step envs `ids` (default: all) recorded since their last
+        flush; those envs start new segments."""
+        ids = self._all if ids is None else np.asarray(ids)
+        ts = self._t[ids]
+        parts = [self._flush_group(ids[ts == T], T) for T in np.unique(ts) if T > 0]
+        if not parts:
+            return Transitions.concatenate([self._flush_group(ids[:0], 0)])
+        return Transitions.concatenate(parts)
+
+    def _flush_group(self, cols: np.ndarray, T: int) -> Transitions:
+        """Flush envs `cols`, which all recorded `T` steps."""
+        E = len(cols)
         R = np.empty((T, E), dtype=np.float32)
         boot = np.empty((T, E), dtype=np.intp)
         nsteps = np.empty((T, E), dtype=np.int32)
@@ -120,25 +149,26 @@ class NStepBuilder:
         m = np.ones(E, dtype=np.float32)
         gamma = np.float32(self.gamma)
         for t in range(T - 1, -1, -1):
-            d = self._done[t]
-            r = self._rewards[t]
+            d = self._cut[t, cols]
+            r = self._rewards[t, cols]
             ret = np.where(d, r, r + gamma * ret)
             b = np.where(d, t + 1, b)
             n = np.where(d, 1, n + 1)
-            m = np.where(d, np.float32(1.0) - self._terminated[t], m)
+            m = np.where(d, np.float32(1.0) - self._terminal[t, cols], m)
             R[t], boot[t], nsteps[t], masks[t] = ret, b, n, m
-        ts, es = np.nonzero(self._valid[:T])
+        ts, js = np.nonzero(self._valid[:T, cols])
+        es = cols[js]
         out = Transitions(
             states=self._obs[ts, es],
             actions=self._actions[ts, es],
-            rewards=R[ts, es],
-            next_states=self._obs[boot[ts, es], es],
-            nsteps=nsteps[ts, es],
-            masks=masks[ts, es],
+            rewards=R[ts, js],
+            next_states=self._obs[boot[ts, js], es],
+            nsteps=nsteps[ts, js],
+            masks=masks[ts, js],
             versions=self._versions[ts, es],
         )
-        self._obs[0] = self._obs[T]
-        self._t = 0
+        self._obs[0, cols] = self._obs[T, cols]
+        self._t[cols] = 0
         return out
 
 
@@ -149,16 +179,19 @@ class EpisodeTracker:
         self._returns = np.zeros(num_envs, dtype=np.float64)
         self._lengths = np.zeros(num_envs, dtype=np.int64)
 
-    def add(self, rewards, terminated, truncated, valid) -> tuple[np.ndarray, np.ndarray]:
-        """Record one vector step; returns (returns, lengths) of the episodes that just ended."""
-        self._returns += np.where(valid, rewards, 0.0)
-        self._lengths += valid
+    def add(self, rewards, terminated, truncated, valid, ids=None) -> tuple[np.ndarray, np.ndarray]:
+        """Record one step of envs `ids` (default: all); returns (returns, lengths) of the
+        episodes that just ended."""
+        ids = slice(None) if ids is None else np.asarray(ids)
+        self._returns[ids] += np.where(valid, rewards, 0.0)
+        self._lengths[ids] += valid
         done = np.logical_or(terminated, truncated) & valid
         if not done.any():
             return _EMPTY_F, _EMPTY_I
-        finished = self._returns[done].copy(), self._lengths[done].copy()
-        self._returns[done] = 0.0
-        self._lengths[done] = 0
+        ended = np.arange(len(self._returns))[ids][done]
+        finished = self._returns[ended].copy(), self._lengths[ended].copy()
+        self._returns[ended] = 0.0
+        self._lengths[ended] = 0
         return finished
 
 
@@ -170,12 +203,17 @@ def reference_transitions(raw_steps, n_step: int, gamma: float) -> list[dict]:
     """Slow, obvious reference for ONE env of a vector env, for tests.
 
     `raw_steps` is the env's stream exactly as a NEXT_STEP-autoreset vector env produces it:
-    a list of (state, action, reward, terminated, truncated, next_state), where the step after
-    an episode's end is the reset step. Segments are the vector clock cut every `n_step` steps
-    (step i belongs to segment i // n_step). Returns one dict per transition, in time order.
+    a list of (state, action, reward, terminated, truncated, next_state[, life_lost]), where
+    the step after an episode's end is the reset step. A lost life (episodic life) ends the
+    return with mask 0 like a termination, but the game goes on (no reset step follows).
+    Segments are the vector clock cut every `n_step` steps (step i belongs to segment
+    i // n_step). Returns one dict per transition, in time order.
     """
     def done(k):
         return raw_steps[k][3] or raw_steps[k][4]
+
+    def terminal(k):
+        return raw_steps[k][3] or (len(raw_steps[k]) > 6 and raw_steps[k][6])
 
     out = []
     for i, (s, a, *_rest) in enumerate(raw_steps):
@@ -186,9 +224,9 @@ def reference_transitions(raw_steps, n_step: int, gamma: float) -> list[dict]:
             total += discount * raw_steps[j][2]
             discount *= gamma
             last_in_segment = (j + 1) % n_step == 0 or j + 1 == len(raw_steps)
-            if done(j) or last_in_segment:
+            if done(j) or terminal(j) or last_in_segment:
                 break
             j += 1
         out.append(dict(state=s, action=a, reward=total, next_state=raw_steps[j][5],
-                        n=j - i + 1, mask=0.0 if raw_steps[j][3] else 1.0))
+                        n=j - i + 1, mask=0.0 if terminal(j) else 1.0))
     return out

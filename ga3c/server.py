@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from ga3c.agent import Agent
 from ga3c.config import Config
-from ga3c.envs import EnvSpec, make_vector_env
+from ga3c.envs import EnvSpec, make_agent_envs
 from ga3c.errors import first_line
 from ga3c.learner import Learner
 from ga3c.predictor import PredictorGroup
@@ -118,10 +118,10 @@ class Pipeline:
                                          p.prediction_queue_size, stop, failure)
         self.trainers = TrainerGroup(train_fn, version_fn, stats, p.min_train_batch,
                                      p.training_queue_size, stop, failure)
-        self.agents = [Agent(i, lambda: make_vector_env(env.env_id, per_agent, env),
+        self.agents = [Agent(i, lambda: make_agent_envs(env.env_id, per_agent, env),
                              seed + i * per_agent, config.algo.n_step, config.algo.gamma,
                              self.predictors, self.trainers.queue, stats, stop, failure,
-                             clip_rewards=env.clip_rewards)
+                             clip_rewards=env.clip_rewards, episodic_life=env.episodic_life)
                        for i in range(p.num_agents)]
 
     def start(self) -> None:
@@ -283,6 +283,7 @@ class Server:
             "queues/train": depths["train"],
             "progress/episodes": w.total_episodes,
             "progress/train_seconds": self.stats.train_seconds(),
+            "system/rss_mib": w.rss_mib,
         }
         if w.mean_score is not None:
             scalars["score/mean_last_100"] = w.mean_score

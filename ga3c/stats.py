@@ -9,6 +9,7 @@ import collections
 import csv
 import dataclasses
 import os
+import resource
 import threading
 import time
 
@@ -37,6 +38,7 @@ class Window:
     policy_lag_mean: float | None
     policy_lag_p95: float | None
     losses: dict[str, float]
+    rss_mib: float  # resident memory now (a long run's should stay flat)
 
     def console_line(self, queue_depths: dict[str, int]) -> str:
         score = "   n/a" if self.mean_score is None else f"{self.mean_score:7.1f}"
@@ -46,7 +48,7 @@ class Window:
                 f"score100 {score}  env/s {self.env_steps_per_s:>8,.0f}  "
                 f"pred/s {self.predictions_per_s:>6,.0f} (batch {self.mean_predict_batch:5.1f})  "
                 f"train/s {self.trainings_per_s:>5,.0f}  samples/s {self.samples_per_s:>8,.0f}  "
-                f"lag {lag}  q {queues}")
+                f"lag {lag}  q {queues}  rss {self.rss_mib:,.0f} MiB")
 
 
 class Stats:
@@ -161,6 +163,7 @@ class Stats:
             policy_lag_mean=float(np.mean(lags)) if len(lags) else None,
             policy_lag_p95=float(np.percentile(lags, 95)) if len(lags) else None,
             losses=losses,
+            rss_mib=rss_mib(),
         )
 
     def close(self) -> None:
@@ -168,6 +171,19 @@ class Stats:
             if self._csv_file is not None:
                 self._csv_file.close()
                 self._csv_file = self._csv = None
+
+
+def rss_mib() -> float:
+    """Resident memory of this process now, in MiB (Linux /proc; else the peak so far)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return peak_rss_mib()
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def _last_byte(path: str) -> bytes:

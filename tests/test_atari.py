@@ -1,12 +1,15 @@
 """Atari through ale-py's vector env: ids, spaces, reward clipping, a few hundred real steps."""
 
+import json
+
 import numpy as np
 import pytest
 
 from ga3c.config import EnvConfig
-from ga3c.envs import EnvError, ale_game, inspect_env, make_vector_env
+from ga3c.envs import (EnvError, LockStepEnvs, ale_game, frames_last, inspect_env,
+                       make_agent_envs, make_vector_env)
 from ga3c.returns import Transitions, reference_transitions
-from tests.test_cli import run_cli
+from tests.test_cli import assert_one_line_error, run_cli
 from tests.test_threads import run_agent_until_retired
 
 pytest.importorskip("ale_py")
@@ -23,7 +26,7 @@ def test_ale_ids_map_to_rom_names(env_id, game):
 
 def test_pong_spaces_are_the_preprocessed_frames():
     spec = inspect_env("ALE/Pong-v5")
-    assert spec.obs_shape == (4, 84, 84) and spec.obs_dtype == np.uint8
+    assert spec.obs_shape == (84, 84, 4) and spec.obs_dtype == np.uint8
     assert spec.num_actions == 6
 
 
@@ -37,7 +40,7 @@ def test_pong_vector_env_steps_with_next_step_autoreset_and_real_rewards():
     try:
         assert str(env.metadata["autoreset_mode"]).endswith("NEXT_STEP")
         obs, _ = env.reset(seed=0)
-        assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
+        assert obs.shape == (2, 84, 84, 4) and obs.dtype == np.uint8
         rng = np.random.default_rng(0)
         rewards = []
         for _ in range(400):
@@ -73,3 +76,141 @@ def test_pong_trains_a_few_hundred_steps_through_the_cli(tmp_path):
                    timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "stopped (reached --max_env_steps=300)" in proc.stdout
+
+
+def test_frames_last_moves_the_stack_axis_without_mixing_frames():
+    stack_first = np.arange(2 * 4 * 3 * 5, dtype=np.uint8).reshape(2, 4, 3, 5)
+    moved = frames_last(stack_first)
+    assert moved.shape == (2, 3, 5, 4) and moved.flags.c_contiguous
+    for k in range(4):
+        np.testing.assert_array_equal(moved[..., k], stack_first[:, k])
+
+
+class RecordingEnvs(LockStepEnvs):
+    """Wraps an agent's envs (lock step or async) and records each env's stream as
+    `reference_transitions` takes it, lost lives included."""
+
+    def __init__(self, inner: LockStepEnvs) -> None:
+        self.inner = inner
+        self.num_envs = inner.num_envs
+        self.single_observation_space = inner.single_observation_space
+        self.raw = [[] for _ in range(self.num_envs)]
+        self._obs, self._lives = {}, {}
+
+    def _arrive(self, ids, obs, info, rewards=None, term=None, trunc=None):
+        for k, e in enumerate(ids):
+            lives = int(info["lives"][k])
+            if e in self._obs:  # a step of env e (else its first, reset, observation)
+                self.raw[e].append((self._obs[e], int(self._actions[e]), float(rewards[k]),
+                                    bool(term[k]), bool(trunc[k]), obs[k].copy(),
+                                    lives < self._lives[e]))
+            self._obs[e], self._lives[e] = obs[k].copy(), lives
+        self._ids = ids
+
+    def reset(self, seed):
+        ids, obs, info = self.inner.reset(seed)
+        self._actions = {}
+        self._arrive(ids, obs, info)
+        return ids, obs, info
+
+    def send(self, actions):
+        self._actions.update(zip(self._ids.tolist(), actions))
+        self.inner.send(actions)
+
+    def recv(self):
+        ids, obs, rewards, term, trunc, info = self.inner.recv()
+        self._arrive(ids, obs, info, rewards, term, trunc)
+        return ids, obs, rewards, term, trunc, info
+
+    def close(self):
+        self.inner.close()
+
+
+def transition_keys(rows):
+    """Order-free fingerprints of transitions (frames hashed), for multiset comparison."""
+    return sorted((hash(s.tobytes()), int(a), round(float(r), 4), hash(ns.tobytes()), int(n),
+                   float(m)) for s, a, r, ns, n, m in rows)
+
+
+@pytest.mark.parametrize("backend, batch", [("threads", 0), ("ale_vector", 0),
+                                            ("ale_vector", 2)])
+def test_atari_backends_make_the_same_transitions_as_the_reference(backend, batch):
+    """A few hundred real Breakout steps through an agent, with lost lives (episodic life),
+    terminations (game over) and truncations (a short frame cap): every transition the agent
+    puts on the training queue, and only those, is what the slow reference makes of the
+    recorded stream, with clipped rewards. `batch=2`: ale-py's async mode, 2 of the 3 envs
+    per recv(), so each env keeps its own segment clock."""
+    config = EnvConfig(env_id="ALE/Breakout-v5", env_backend=backend, max_episode_frames=900,
+                       clip_rewards=True, episodic_life=True, ale_batch_size=batch,
+                       envs_per_agent=3)
+    env = RecordingEnvs(make_agent_envs(config.env_id, 3, config))
+    n_step, gamma = 5, 0.9
+    steps = 400 if batch == 0 else 600  # async: each recv() steps 2 of the 3 envs
+    _, stats, parts, _ = run_agent_until_retired(env, n_step, gamma, steps, timeout=60.0,
+                                                 num_actions=4, clip_rewards=True,
+                                                 episodic_life=True)
+    batch = Transitions.concatenate(parts)
+    expected = []
+    for raw in env.raw:
+        clipped = [(s, a, float(np.clip(r, -1, 1)), *rest) for s, a, r, *rest in raw]
+        expected += [(t["state"], t["action"], t["reward"], t["next_state"], t["n"], t["mask"])
+                     for t in reference_transitions(clipped, n_step, gamma)]
+    got = list(zip(batch.states, batch.actions, batch.rewards, batch.next_states, batch.nsteps,
+                   batch.masks))
+    assert transition_keys(got) == transition_keys(expected)
+    steps_seen = [step for raw in env.raw for step in raw]
+    assert sum(s[3] for s in steps_seen) >= 1, "no game ended: the test lost its point"
+    assert sum(s[4] for s in steps_seen) >= 1, "no episode was truncated"
+    assert sum(s[6] and not s[3] for s in steps_seen) >= 3, "no life was lost mid-game"
+    # Scores count whole games (truncated or over), not lives.
+    assert stats.episodes == sum(s[3] or s[4] for s in steps_seen)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--env=CartPole-v1", "--env_backend=ale_vector"], "--env_backend=ale_vector steps Atari"),
+    (["--env=CartPole-v1", "--episodic_life"], "--episodic_life needs an Atari game"),
+])
+def test_atari_only_options_on_other_envs_are_one_line_errors(tmp_path, flags, message):
+    proc = run_cli(*flags, f"--logdir={tmp_path}/run")
+    assert_one_line_error(proc, message)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("cfg, extra", [
+    ("pong.cfg", []),
+    ("breakout.cfg", ["--env_backend=threads"]),
+    ("breakout.cfg", ["--ale_batch_size=8"]),
+])
+def test_atari_cfgs_train_through_the_cli(tmp_path, cfg, extra):
+    """The shipped configs as they are (both backends, async batches too) for ~1,500 steps."""
+    proc = run_cli(f"--flagfile=configs/{cfg}", f"--logdir={tmp_path}/run", "--max_env_steps=1500",
+                   "--log_every_seconds=1", *extra, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stopped (reached --max_env_steps=1,500)" in proc.stdout
+    assert "train/s" in proc.stdout
+
+
+def test_eval_plays_a_trained_pong_run_with_a_video_of_the_real_screen(tmp_path, capsys):
+    from ga3c.cli import eval_main
+
+    logdir = tmp_path / "pong"
+    proc = run_cli("--env=ALE/Pong-v5", f"--logdir={logdir}", "--num_agents=1",
+                   "--envs_per_agent=4", "--min_train_batch=16", "--max_env_steps=200",
+                   "--max_episode_frames=600", timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    videos = tmp_path / "videos"
+    capsys.readouterr()
+    code = eval_main([f"--logdir={logdir}", "--episodes=1", f"--video_dir={videos}",
+                      f"--json={tmp_path / 'eval.json'}"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    # The run's frame cap applies: 600 frames = 150 agent steps of 4 frames, less the
+    # up-to-30 no-op frames and the FIRE step of the reset.
+    assert summary["env"] == "ALE/Pong-v5" and 140 <= summary["lengths"][0] < 150
+    [video] = summary["videos"]
+    clip = pytest.importorskip("moviepy").VideoFileClip(video)
+    try:
+        assert tuple(clip.size) == (160, 210)  # the raw screen, not the 84x84 frames
+    finally:
+        clip.close()

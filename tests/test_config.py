@@ -52,6 +52,21 @@ def test_cartpole_cfg_sets_its_stop_conditions():
     assert c.run.max_seconds > 0
 
 
+def test_atari_cfgs_follow_the_rl_zoo_a2c_settings_and_the_min_batch_advice():
+    for name, game, lives in [("pong.cfg", "ALE/Pong-v5", False),
+                              ("breakout.cfg", "ALE/Breakout-v5", True)]:
+        c = parse_config([f"--flagfile={CONFIG_DIR / name}"])
+        assert c.validate() == []
+        assert (c.env.env_id, c.env.episodic_life, c.env.clip_rewards) == (game, lives, True)
+        assert c.env.env_backend == "ale_vector" and c.env.repeat_action_probability == 0
+        assert (c.algo.learning_rate, c.algo.gamma, c.algo.value_coef) == (7e-4, 0.99, 0.25)
+        assert (c.algo.rmsprop_init, c.algo.normalize_advantages) == (1.0, False)
+        # GA3C's maintainers (#22): a training batch below 20-40 was unstable.
+        assert c.pipeline.min_train_batch >= 40
+        # One agent's segment fills a batch: updates never wait on a second agent.
+        assert c.env.envs_per_agent * c.algo.n_step >= c.pipeline.min_train_batch
+
+
 def test_later_flags_override_the_flagfile():
     base = parse_config([f"--flagfile={CARTPOLE}"])
     c = parse_config([f"--flagfile={CARTPOLE}", "--seed=7", "--num_agents=2",

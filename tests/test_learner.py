@@ -205,3 +205,22 @@ def test_mixed_precision_trains_with_float32_outputs_and_variables():
     # the global policy is left as it was
     import keras
     assert keras.config.dtype_policy().name == "float32"
+
+
+@pytest.mark.parametrize("init", [0.0, 1.0])
+def test_rmsprop_accumulator_starts_at_rmsprop_init(init):
+    learner = Learner((3,), np.float32, 2, NetworkConfig(hidden=(4,)),
+                      AlgoConfig(rmsprop_init=init, learning_rate=0.1, rho=0.9, clip_norm=0))
+    velocities = [v for v in learner.optimizer.variables if "velocity" in v.path]
+    assert len(velocities) == len(learner.model.trainable_variables)
+    for v in velocities:
+        np.testing.assert_array_equal(v.numpy(), init)
+    # First step on one weight: ms = rho*init + (1-rho)*g^2; step = lr*g/sqrt(ms+eps).
+    kernel = learner.model.get_layer("value_head").kernel
+    before = kernel.numpy().copy()
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(kernel)  # gradient 1 for every weight
+    grads = tape.gradient(loss, [kernel])
+    learner.optimizer.apply(grads, [kernel])
+    expected_step = 0.1 * 1.0 / np.sqrt(0.9 * init + 0.1 + 1e-5)
+    np.testing.assert_allclose(before - kernel.numpy(), expected_step, rtol=1e-4)

@@ -12,7 +12,7 @@ from ga3c.learner import Learner  # noqa: E402
 from ga3c.network import build_network  # noqa: E402
 from ga3c.returns import Transitions  # noqa: E402
 
-ATARI = (4, 84, 84)  # stacked grayscale frames, stack first (gymnasium / ale-py layout)
+ATARI = (84, 84, 4)  # stacked grayscale frames, stack last (ga3c.envs.frames_last)
 
 
 @pytest.mark.parametrize("trunk, features, dense, convs", [
@@ -36,7 +36,7 @@ def test_frames_are_uint8_and_scaled_inside_the_model():
     scaled = model.get_layer("scale")
     probe = keras.Model(model.inputs[0], scaled.output)
     got = np.asarray(probe(frames))
-    np.testing.assert_allclose(got, frames.transpose(0, 2, 3, 1) / 255.0, atol=1e-6)
+    np.testing.assert_allclose(got, frames / 255.0, atol=1e-6)
 
 
 def test_mlp_towers_separate_or_shared():

@@ -12,7 +12,7 @@ from ga3c.returns import EpisodeTracker, NStepBuilder, Transitions, reference_tr
 
 
 def run_builder(n_step, gamma, steps, num_flushes=None):
-    """Drive a one-env builder through `steps` = [(reward, terminated, truncated), ...].
+    """Drive a one-env builder through `steps` = [(reward, terminated, truncated[, life_lost]), ...].
 
     Flushes whenever the builder is full and once at the end; returns the transitions as a
     list of (state, action, R, next_state, n, mask) with states given as obs numbers.
@@ -20,9 +20,10 @@ def run_builder(n_step, gamma, steps, num_flushes=None):
     b = NStepBuilder(1, n_step, gamma, (1,), np.float32)
     b.reset(np.array([[0.0]], np.float32))
     parts = []
-    for k, (r, term, trunc) in enumerate(steps):
+    for k, (r, term, trunc, *life) in enumerate(steps):
         b.add(np.array([k]), np.array([r], np.float32), np.array([term]), np.array([trunc]),
-              np.array([[k + 1.0]], np.float32), version=k)
+              np.array([[k + 1.0]], np.float32), version=k,
+              life_lost=np.array(life, bool) if life else None)
         if b.full:
             parts.append(b.flush())
     if b.pending:
@@ -49,6 +50,17 @@ def test_termination_mid_segment():
     assert run_builder(4, 0.5, [(1, 0, 0), (1, 1, 0), (0, 0, 0), (1, 0, 0)]) == [
         (0, 0, 1.5, 2, 2, 0.0),
         (1, 1, 1.0, 2, 1, 0.0),
+        (3, 3, 1.0, 4, 1, 1.0),
+    ]
+
+
+def test_lost_life_cuts_the_return_with_mask_0_and_the_game_goes_on():
+    # Episodic life: a life is lost at step 1. The return stops there with mask 0, as at a
+    # termination, but there is no reset step: step 2 (from o2) is a transition.
+    assert run_builder(4, 0.5, [(1, 0, 0, 0), (1, 0, 0, 1), (2, 0, 0, 0), (1, 0, 0, 0)]) == [
+        (0, 0, 1.5, 2, 2, 0.0),
+        (1, 1, 1.0, 2, 1, 0.0),
+        (2, 2, 2.5, 4, 2, 1.0),
         (3, 3, 1.0, 4, 1, 1.0),
     ]
 
@@ -120,8 +132,10 @@ def test_add_to_full_builder_raises():
 
 @pytest.mark.parametrize("n_step", [1, 2, 3, 5, 8])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_slow_reference_on_random_vector_streams(n_step, seed):
-    """Many envs, random rewards and episode ends, many segments: equal to the reference."""
+@pytest.mark.parametrize("lives", [False, True])
+def test_matches_slow_reference_on_random_vector_streams(n_step, seed, lives):
+    """Many envs, random rewards, episode ends (and lost lives), many segments: equal to the
+    reference."""
     rng = np.random.default_rng(seed)
     num_envs, clock = 4, 41
     gamma = 0.95
@@ -138,10 +152,11 @@ def test_matches_slow_reference_on_random_vector_streams(n_step, seed):
         trunc = ~term & (rng.random(num_envs) < 0.1)
         # NEXT_STEP semantics: the reset step has reward 0 and no episode end
         rewards[prev_done], term[prev_done], trunc[prev_done] = 0.0, False, False
+        lost = (rng.random(num_envs) < 0.15) & ~prev_done if lives else np.zeros(num_envs, bool)
         nxt = rng.normal(size=(num_envs, 2)).astype(np.float32)
         for e in range(num_envs):
-            raw[e].append((obs[e], actions[e], rewards[e], term[e], trunc[e], nxt[e]))
-        b.add(actions, rewards, term, trunc, nxt)
+            raw[e].append((obs[e], actions[e], rewards[e], term[e], trunc[e], nxt[e], lost[e]))
+        b.add(actions, rewards, term, trunc, nxt, life_lost=lost if lives else None)
         prev_done = term | trunc
         obs = nxt
         if b.full:

@@ -45,15 +45,16 @@ def join_all(threads, timeout=JOIN_S):
 
 
 class FakePredict:
-    """logits = 0 (two actions), values = states[:, 0]; records each call's batch.
+    """logits = 0 (`num_actions`), values = first number of each state; records each batch.
 
     `gate`: if given, calls listed in `gated_calls` block on it (bounded) before answering.
     `on_call(n)`: called with the 1-based call number before answering.
     """
 
     def __init__(self, gate: threading.Event | None = None, gated_calls=(1,), on_call=None,
-                 raise_exc: BaseException | None = None) -> None:
+                 raise_exc: BaseException | None = None, num_actions: int = 2) -> None:
         self.lock = threading.Lock()
+        self.num_actions = num_actions
         self.batch_sizes: list[int] = []
         self.batches: list[np.ndarray] = []
         self.gate = gate
@@ -74,7 +75,8 @@ class FakePredict:
             assert self.gate.wait(timeout=5.0), "test never released the gate"
         if self.on_call is not None:
             self.on_call(n)
-        return states[:, :2] * 0, states[:, 0].copy()
+        flat = states.reshape(len(states), -1)
+        return np.zeros((len(states), self.num_actions), np.float32), flat[:, 0].astype(np.float32)
 
 
 class CountingVersion:
@@ -545,13 +547,15 @@ class FakeVectorEnv:
         self.closed = True
 
 
-def run_agent(lengths, n_step, gamma, retire_after=None, seed=3, clip_rewards=False):
+def run_agent(env, n_step, gamma, retire_after=None, seed=3, num_actions=2, **agent_kwargs):
     """One agent + one predictor thread; returns (env, agent, stop, failure, stats, queue).
 
-    With `retire_after=N` the agent is retired inside its N-th prediction, so it makes
-    exactly N vector steps and then flushes its partial segment.
+    `env`: a vector env, or episode lengths for a FakeVectorEnv. With `retire_after=N` the
+    agent is retired inside its N-th prediction, so it makes exactly N vector steps and then
+    flushes its partial segment.
     """
-    env = FakeVectorEnv(lengths)
+    if isinstance(env, (list, tuple)):
+        env = FakeVectorEnv(env)
     stop, failure, stats = threading.Event(), Failure(), Stats(None)
     holder = {}
 
@@ -559,26 +563,26 @@ def run_agent(lengths, n_step, gamma, retire_after=None, seed=3, clip_rewards=Fa
         if retire_after is not None and n == retire_after:
             holder["agent"].retire.set()
 
-    fake = FakePredict(on_call=on_call)
-    group = PredictorGroup(fake, lambda: 5, stats, max_batch=len(lengths), queue_size=4,
+    fake = FakePredict(on_call=on_call, num_actions=num_actions)
+    group = PredictorGroup(fake, lambda: 5, stats, max_batch=env.num_envs, queue_size=4,
                            stop=stop, failure=failure)
     training_queue: queue.Queue = queue.Queue()
     agent = Agent(0, lambda: env, seed, n_step, gamma, group, training_queue, stats, stop,
-                  failure, clip_rewards=clip_rewards)
+                  failure, **agent_kwargs)
     holder["agent"] = agent
     return env, agent, group, stop, failure, stats, training_queue, fake
 
 
-def run_agent_until_retired(lengths, n_step, gamma, steps, **kwargs):
+def run_agent_until_retired(env, n_step, gamma, steps, timeout=3.0, **kwargs):
     """Run one agent for exactly `steps` vector steps (then it flushes its partial segment).
 
     Returns (env, stats, parts put on the training queue, the fake predict fn)."""
     env, agent, group, stop, failure, stats, tq, fake = run_agent(
-        lengths, n_step, gamma, retire_after=steps, **kwargs)
+        env, n_step, gamma, retire_after=steps, **kwargs)
     try:
         group.start(1)
         agent.start()
-        join_all([agent], timeout=3.0)
+        join_all([agent], timeout=timeout)
     finally:
         stop.set()
         join_all(group.threads + [agent])
