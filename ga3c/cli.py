@@ -80,6 +80,18 @@ def define_flags(fv: flags.FlagValues) -> None:
                          "Bound of the prediction queue (requests).", flag_values=fv)
     flags.DEFINE_integer("training_queue_size", p.training_queue_size,
                          "Bound of the training queue (segments).", flag_values=fv)
+    flags.DEFINE_bool("autotune", p.autotune, "Adjust agents/predictors/trainers while "
+                      "training, one at a time, keeping changes that raise env steps/s.",
+                      flag_values=fv)
+    flags.DEFINE_float("autotune_window_seconds", p.autotune_window_seconds,
+                       "Autotune: seconds measured per setting.", flag_values=fv)
+    flags.DEFINE_float("autotune_margin", p.autotune_margin,
+                       "Autotune: relative gain a change must bring to be kept.", flag_values=fv)
+    flags.DEFINE_integer("max_agents", p.max_agents, "Autotune: most agents.", flag_values=fv)
+    flags.DEFINE_integer("max_predictors", p.max_predictors, "Autotune: most predictors.",
+                         flag_values=fv)
+    flags.DEFINE_integer("max_trainers", p.max_trainers, "Autotune: most trainers.",
+                         flag_values=fv)
     flags.DEFINE_string("logdir", r.logdir, "Run directory: checkpoints, logs, TensorBoard.",
                         flag_values=fv)
     flags.DEFINE_integer("seed", r.seed, "Random seed.", flag_values=fv)

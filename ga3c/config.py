@@ -90,6 +90,14 @@ class PipelineConfig:
     # Queue bounds (items): prediction requests and training batches.
     prediction_queue_size: int = 256
     training_queue_size: int = 64
+    # Dynamic adjustment (ga3c.autotune): move one of agents / predictors / trainers by one,
+    # measure env steps/s over a window, keep the change if it helped by `autotune_margin`.
+    autotune: bool = False
+    autotune_window_seconds: float = 10.0
+    autotune_margin: float = 0.05
+    max_agents: int = 16
+    max_predictors: int = 4
+    max_trainers: int = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +163,13 @@ class Config:
         check(p.num_agents >= 1, "num_agents", p.num_agents, ">= 1")
         check(p.num_predictors >= 1, "num_predictors", p.num_predictors, ">= 1")
         check(p.num_trainers >= 1, "num_trainers", p.num_trainers, ">= 1")
+        for knob in ("agents", "predictors", "trainers"):
+            start, top = getattr(p, f"num_{knob}"), getattr(p, f"max_{knob}")
+            check(top >= start, f"max_{knob}", top, f">= num_{knob}={start}")
+        check(finite(p.autotune_window_seconds) and p.autotune_window_seconds >= 1,
+              "autotune_window_seconds", p.autotune_window_seconds, ">= 1")
+        check(finite(p.autotune_margin) and 0 <= p.autotune_margin < 1, "autotune_margin",
+              p.autotune_margin, "in [0, 1)")
         check(p.min_train_batch >= 1, "min_train_batch", p.min_train_batch, ">= 1")
         check(p.max_predict_batch >= e.envs_per_agent, "max_predict_batch", p.max_predict_batch,
               f">= envs_per_agent ({e.envs_per_agent}) so one agent's request fits in a batch")

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from ga3c.agent import Agent
+from ga3c.autotune import Autotuner
 from ga3c.config import Config
 from ga3c.envs import EnvSpec, make_agent_envs
 from ga3c.errors import first_line
@@ -112,25 +113,60 @@ class Pipeline:
 
     def __init__(self, config: Config, predict_fn, train_fn, version_fn, stats: Stats,
                  stop: threading.Event, failure: Failure, seed: int) -> None:
-        p, env, per_agent = config.pipeline, config.env, config.env.envs_per_agent
+        p = config.pipeline
         self.config = config
         self.predictors = PredictorGroup(predict_fn, version_fn, stats, p.max_predict_batch,
                                          p.prediction_queue_size, stop, failure)
         self.trainers = TrainerGroup(train_fn, version_fn, stats, p.min_train_batch,
                                      p.training_queue_size, stop, failure)
-        self.agents = [Agent(i, lambda: make_agent_envs(env.env_id, per_agent, env),
-                             seed + i * per_agent, config.algo.n_step, config.algo.gamma,
-                             self.predictors, self.trainers.queue, stats, stop, failure,
-                             clip_rewards=env.clip_rewards, episodic_life=env.episodic_life)
-                       for i in range(p.num_agents)]
+        self._stats, self._stop, self._failure, self._seed = stats, stop, failure, seed
+        self._agents_made = 0
+        self.agents: list[Agent] = []
+
+    def _new_agent(self) -> Agent:
+        """Agent i steps envs seeded seed + i * envs_per_agent ... (distinct across agents)."""
+        config, env, i = self.config, self.config.env, self._agents_made
+        self._agents_made += 1
+        per_agent = env.envs_per_agent
+        return Agent(i, lambda: make_agent_envs(env.env_id, per_agent, env),
+                     self._seed + i * per_agent, config.algo.n_step, config.algo.gamma,
+                     self.predictors, self.trainers.queue, self._stats, self._stop,
+                     self._failure, clip_rewards=env.clip_rewards,
+                     episodic_life=env.episodic_life)
 
     def start(self) -> None:
         """Consumers before producers: predictors, trainers, then agents."""
         p = self.config.pipeline
         self.predictors.start(p.num_predictors)
         self.trainers.start(p.num_trainers)
-        for a in self.agents:
-            a.start()
+        for _ in range(p.num_agents):
+            self.add_agent()
+
+    def add_agent(self) -> None:
+        self.agents = [a for a in self.agents if a.is_alive()]  # forget retired ones
+        agent = self._new_agent()
+        self.agents.append(agent)
+        agent.start()
+
+    def retire_agent(self) -> None:
+        """The newest agent finishes its step, sends its partial segment, closes its envs."""
+        active = [a for a in self.agents if not a.retire.is_set()]
+        if len(active) > 1:
+            active[-1].retire.set()
+
+    def counts(self) -> dict[str, int]:
+        """Threads currently working (not retiring), per kind."""
+        return {"agents": sum(not a.retire.is_set() for a in self.agents),
+                "predictors": len(self.predictors.active()),
+                "trainers": len(self.trainers.active())}
+
+    def resize(self, knob: str, delta: int) -> None:
+        """One more (+1) or one fewer (-1) agent, predictor or trainer."""
+        if knob == "agents":
+            self.add_agent() if delta > 0 else self.retire_agent()
+            return
+        pool = {"predictors": self.predictors, "trainers": self.trainers}[knob]
+        pool.add_thread() if delta > 0 else pool.retire_thread()
 
     def join(self, seconds: float = JOIN_SECONDS) -> list[str]:
         """Wait (bounded) for every thread after the stop event is set; names of stragglers."""
@@ -218,6 +254,14 @@ class Server:
             f"logdir {self.logdir}")
         self.pipeline.start()
         stats.window()  # rates start now
+        self.autotuner = None
+        if p.autotune:
+            self.autotuner = Autotuner(
+                self.pipeline, lambda: stats.env_steps,
+                {"agents": (1, p.max_agents), "predictors": (1, p.max_predictors),
+                 "trainers": (1, p.max_trainers)},
+                p.autotune_window_seconds, p.autotune_margin, log, self.stop, self.failure)
+            self.autotuner.start()
         try:
             self._watch(stats, writer)
         except BaseException as exc:  # noqa: BLE001 - reported like any worker's failure
@@ -225,6 +269,12 @@ class Server:
         finally:
             self.request_stop("stopping")
             stuck = self.pipeline.join()
+            if self.autotuner is not None:
+                self.autotuner.join(JOIN_SECONDS)
+                trial = self.autotuner.trial
+                log("autotune: final layout " + " ".join(
+                    f"{k}={v}" for k, v in self.pipeline.counts().items())
+                    + (f" (stopped during the trial {trial})" if trial else ""))
             stats.close()
             writer.close()
         if self.failure:
@@ -285,6 +335,8 @@ class Server:
             "progress/train_seconds": self.stats.train_seconds(),
             "system/rss_mib": w.rss_mib,
         }
+        for knob, count in self.pipeline.counts().items():
+            scalars[f"pipeline/{knob}"] = count
         if w.mean_score is not None:
             scalars["score/mean_last_100"] = w.mean_score
         if w.policy_lag_mean is not None:

@@ -60,7 +60,8 @@ class WorkerPool:
     """Owns a bounded input queue and the worker threads that drain it.
 
     Subclasses set `worker_class` (constructed as `worker_class(pool, name, stop, failure)`)
-    and `name`; `add_thread()` starts one more worker, so pools can grow while running.
+    and `name`; `add_thread()` starts one more worker and `retire_thread()` retires one, so
+    pools can grow and shrink while running (a retired worker finishes what it holds).
     """
 
     worker_class: type[Worker]
@@ -70,12 +71,27 @@ class WorkerPool:
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop, self._failure = stop, failure
         self.threads: list[Worker] = []
+        self._started = 0
 
     def add_thread(self) -> Worker:
-        t = self.worker_class(self, f"{self.name}-{len(self.threads)}", self._stop, self._failure)
+        self.threads = [t for t in self.threads if t.is_alive()]  # forget retired ones
+        t = self.worker_class(self, f"{self.name}-{self._started}", self._stop, self._failure)
+        self._started += 1
         self.threads.append(t)
         t.start()
         return t
+
+    def active(self) -> list[Worker]:
+        """Workers not asked to retire (the pool's current size)."""
+        return [t for t in self.threads if not t.retire.is_set()]
+
+    def retire_thread(self) -> Worker | None:
+        """Ask the newest worker to retire (it returns what it holds first); never the last."""
+        active = self.active()
+        if len(active) <= 1:
+            return None
+        active[-1].retire.set()
+        return active[-1]
 
     def start(self, count: int) -> None:
         for _ in range(count):

@@ -1,0 +1,140 @@
+"""Dynamic adjustment of the thread layout while training (`--autotune`).
+
+The original GA3C moved agents, predictors and trainers by -1/0/+1 every 20 s and kept a
+change if the trainings counted in that window went up. Here a controller thread does it
+as a careful hill climb on env steps/s (in steady state equal to samples trained/s), each
+trial an A-B-A measurement:
+
+    before = rate over one window (current layout)
+    repeat:
+        move one knob by one (within its bounds); after settling, measure a window (trial)
+        undo the move; measure a window (after)
+        if trial beats the mean of before and after by `margin`: redo the move for good
+        (and measure the new layout's rate), then try the same move again
+        else go to the next move
+
+Comparing the trial with windows on both sides of it cancels a steady drift of the machine
+(here its speed wanders by up to 1.7x within half an hour), which a before/after comparison
+would take for an effect of the change. Removing a thread never loses work: a retired agent
+finishes its step and sends its partial segment, a retired predictor hands back a request it
+holds, a retired trainer puts its batch back on the queue.
+
+Pure Python (no TensorFlow): `pipeline` needs `counts()` and `resize(knob, delta)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Callable
+
+from ga3c.threads import Failure, Worker
+
+KNOBS = ("agents", "trainers", "predictors")
+MOVES = tuple((knob, delta) for knob in KNOBS for delta in (+1, -1))
+
+
+@dataclasses.dataclass
+class Decision:
+    """One trial: what moved, the rates before and after, and whether it was kept."""
+
+    at_seconds: float  # since the tuner started
+    knob: str
+    before: int
+    after: int
+    base_rate: float  # mean of the windows before and after the trial
+    trial_rate: float
+    kept: bool
+    layout: dict[str, int]  # the layout after the decision
+
+    def line(self) -> str:
+        gain = self.trial_rate / self.base_rate - 1 if self.base_rate > 0 else float("inf")
+        verdict = "kept" if self.kept else "undone"
+        layout = " ".join(f"{k}={v}" for k, v in self.layout.items())
+        return (f"autotune: {self.knob} {self.before} -> {self.after}: env steps/s "
+                f"{self.base_rate:,.0f} -> {self.trial_rate:,.0f} ({gain:+.1%}), {verdict}; "
+                f"now {layout}")
+
+
+class Autotuner(Worker):
+    def __init__(self, pipeline, steps_fn: Callable[[], int], bounds: dict[str, tuple[int, int]],
+                 window_seconds: float, margin: float, log: Callable[[str], None],
+                 stop: threading.Event, failure: Failure, settle_seconds: float | None = None
+                 ) -> None:
+        super().__init__("autotune", stop, failure)
+        self._pipeline = pipeline
+        self._steps_fn = steps_fn
+        self._bounds = bounds
+        self._window = window_seconds
+        self._margin = margin
+        self._log = log
+        # After a change, threads start (TensorFlow, env creation) before it is measured.
+        self._settle = min(3.0, window_seconds / 3) if settle_seconds is None else settle_seconds
+        self.decisions: list[Decision] = []
+        self.frozen = threading.Event()  # set: keep the current layout, stop trying moves
+        self.trial: str | None = None  # the move being measured, if any
+        self._t0 = time.monotonic()
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped or retired; False if the tuner should end."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            self.stop_event.wait(min(left, 0.25))
+        return False
+
+    def _measure(self) -> float | None:
+        """Env steps/s over one window after settling (None if stopped meanwhile)."""
+        if not self._sleep(self._settle):
+            return None
+        s0, t0 = self._steps_fn(), time.monotonic()
+        if not self._sleep(self._window):
+            return None
+        return (self._steps_fn() - s0) / max(time.monotonic() - t0, 1e-9)
+
+    def _allowed(self, knob: str, delta: int) -> bool:
+        low, high = self._bounds[knob]
+        return low <= self._pipeline.counts()[knob] + delta <= high
+
+    def work(self) -> None:
+        base = self._measure()
+        move = 0
+        blocked = 0
+        while base is not None and not self.stopping:
+            if self.frozen.is_set():
+                self._sleep(0.25)
+                continue
+            knob, delta = MOVES[move % len(MOVES)]
+            if not self._allowed(knob, delta):
+                move += 1
+                blocked += 1
+                if blocked >= len(MOVES):  # nothing can move (bounds): just wait
+                    self._sleep(self._window)
+                    blocked = 0
+                continue
+            blocked = 0
+            before = self._pipeline.counts()[knob]
+            self.trial = f"{knob} {before} -> {before + delta}"
+            self._pipeline.resize(knob, delta)
+            trial = self._measure()
+            self._pipeline.resize(knob, -delta)
+            self.trial = None
+            after = self._measure() if trial is not None else None
+            if after is None:
+                return
+            reference = (base + after) / 2
+            kept = trial > reference * (1.0 + self._margin)
+            if kept:
+                self._pipeline.resize(knob, delta)
+            self.decisions.append(Decision(time.monotonic() - self._t0, knob, before,
+                                           before + delta, reference, trial, kept,
+                                           self._pipeline.counts()))
+            self._log(self.decisions[-1].line())
+            if kept:  # measure the new layout, then try the same move again
+                base = self._measure()
+            else:
+                base = after
+                move += 1
