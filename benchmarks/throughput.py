@@ -18,11 +18,21 @@ It prints one table row per configuration with every pipeline figure and its rat
 matching ceiling (ratios survive a noisy machine; absolute numbers drift by 1.5x here), marks
 the best configuration by env steps/s, and writes one JSON record per configuration.
 Rates are over the measured window only, never averages since start.
+
+`--autotune_seconds=S` adds one more run after the sweep: the flags as given (set the poor
+starting layout there, e.g. --num_agents=1 --num_trainers=1) with `--autotune`, tuning for S
+seconds; the tuner is then frozen and the layout it reached is measured like the others and
+compared with the best swept configuration:
+
+    python benchmarks/throughput.py --flagfile=configs/cartpole.cfg --num_agents=1 \
+        --num_trainers=1 --sweep=num_agents=1,2,3 --sweep=num_trainers=1,2 \
+        --autotune_seconds=180
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -37,6 +47,7 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETTLE_SECONDS = 3.0  # after the autotuner is frozen, before the window
 sys.path.insert(0, REPO)
 
 from ga3c.cli import BadInput, import_tensorflow_quietly, parse_config  # noqa: E402
@@ -66,9 +77,10 @@ def gpu_utilisation() -> float | None:
 
 
 def measure_window(stats: Stats, warmup: float, seconds: float, failure: Failure,
-                   on_start=lambda: None) -> dict:
+                   on_start=lambda: None, after_warmup=lambda: None) -> dict:
     """Rates of the pipeline over `seconds` after `warmup`, plus CPU use and lag."""
     time.sleep(warmup)
+    after_warmup()
     stats.window()  # discard the warm-up
     on_start()
     cpu0 = cpu_seconds()
@@ -92,7 +104,9 @@ def measure_window(stats: Stats, warmup: float, seconds: float, failure: Failure
 
 
 def run_pipeline(config: Config, env_spec, warmup: float, seconds: float) -> dict:
-    """The real service for warmup + seconds; returns the measured window."""
+    """The real service for warmup + seconds; returns the measured window. With autotune on,
+    the warm-up is the tuning time: the tuner is then frozen, and the layout it reached is
+    measured (`layout`, `decisions` in the result)."""
     from ga3c.server import Server
 
     server = Server(config, env_spec)
@@ -113,10 +127,18 @@ def run_pipeline(config: Config, env_spec, warmup: float, seconds: float) -> dic
             while not sampler_stop.wait(0.2):
                 depths.append(server.pipeline.queue_depths())
 
+        def freeze_tuner():
+            if server.autotuner is not None:
+                server.autotuner.freeze()
+                time.sleep(SETTLE_SECONDS)  # threads it started or retired settle
+
         sampler = threading.Thread(target=sample_depths, daemon=True)
         sampler.start()
         result.update(measure_window(server.stats, warmup, seconds, server.failure,
-                                     on_start=measuring.set))
+                                     on_start=measuring.set, after_warmup=freeze_tuner))
+        result["layout"] = server.pipeline.counts()
+        if server.autotuner is not None:
+            result["decisions"] = [dataclasses.asdict(d) for d in server.autotuner.decisions]
         sampler_stop.set()
         server.request_stop("benchmark window over")
 
@@ -200,9 +222,14 @@ def model_ceiling(config: Config, env_spec, batch: int, threads: int, seconds: f
 
 
 def measure(config: Config, env_spec, warmup: float, seconds: float) -> dict:
-    p = config.pipeline
     rec = run_pipeline(config, env_spec, warmup, seconds)
     rec["peak_rss_mib"] = peak_rss_mib()
+    # Ceilings for the layout measured (with autotune: the one it reached).
+    layout = rec["layout"]
+    config = config.replace(pipeline__num_agents=layout["agents"],
+                            pipeline__num_predictors=layout["predictors"],
+                            pipeline__num_trainers=layout["trainers"], pipeline__autotune=False)
+    p = config.pipeline
     ceil_seconds = max(2.0, seconds / 2)
     rec["ceiling_env_steps_per_s"] = env_only_ceiling(config, min(warmup, 2.0), ceil_seconds)
     rec["ceiling_predictions_per_s"] = model_ceiling(
@@ -261,6 +288,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring")
     parser.add_argument("--sweep", action="append", default=[], help="name=v1,v2,... (repeat)")
     parser.add_argument("--json", default="throughput.json", help="records, one per config")
+    parser.add_argument("--autotune_seconds", type=float, default=0.0,
+                        help="after the sweep, run the flags as given with --autotune for this "
+                             "long, then measure the layout it reached against the best one")
     args, ga3c_flags = parser.parse_known_args(argv)
     try:
         combos = parse_sweeps(args.sweep)
@@ -268,7 +298,11 @@ def main(argv: list[str]) -> int:
         if fixed:
             raise BadInput(f"--sweep over {sorted(fixed)} is not supported: they are fixed per "
                            "process (run the script once per value)")
+        if args.autotune_seconds < 0:
+            raise BadInput(f"--autotune_seconds={args.autotune_seconds:g}: must be >= 0")
         configs = []
+        if args.autotune_seconds > 0:
+            combos = [*combos, {"autotune": "true"}]
         for combo in combos:
             extra = [f"--{k}={v}" for k, v in combo.items()]
             configs.append((combo, parse_config([*ga3c_flags, *extra, "--resume=false",
@@ -297,18 +331,36 @@ def main(argv: list[str]) -> int:
             config = config.replace(run__logdir=os.path.join(tmp, f"config{i}"),
                                     run__target_score=None, run__max_env_steps=0,
                                     run__max_seconds=0.0)
+            tuning = config.pipeline.autotune
             label = " ".join(f"{k}={v}" for k, v in combo.items()) or "as given"
-            rec = measure(config, env_spec, args.warmup, args.seconds)
-            rec.update(label=label, sweep=combo, config=config.to_dict(),
+            rec = measure(config, env_spec, args.autotune_seconds if tuning else args.warmup,
+                          args.seconds)
+            if tuning:
+                p = config.pipeline
+                label = (f"autotune {args.autotune_seconds:g}s: {p.num_agents}/{p.num_predictors}"
+                         f"/{p.num_trainers} -> " + "/".join(str(v) for v in rec["layout"].values())
+                         + " (agents/predictors/trainers)")
+            rec.update(label=label, sweep=combo, config=config.to_dict(), autotuned=tuning,
                        measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
             records.append(rec)
             rows.append(row(label, rec))
-    best = max(range(len(records)), key=lambda k: records[k]["env_steps_per_s"])
+    swept = [k for k, rec in enumerate(records) if not rec["autotuned"]]
+    best = max(swept, key=lambda k: records[k]["env_steps_per_s"])
     for k, rec in enumerate(records):
         rec["best"] = k == best
-    if len(records) > 1:
+    if len(swept) > 1:
         rows[best][0] += " *best*"
     print_table(rows)
+    for rec in records:
+        if rec["autotuned"]:
+            rec["vs_best"] = rec["env_steps_per_s"] / records[best]["env_steps_per_s"]
+            print(f"autotune reached {rec['env_steps_per_s']:,.0f} env steps/s = "
+                  f"{rec['vs_best']:.2f} of the best configuration ({records[best]['label']}) "
+                  f"after {args.autotune_seconds:g} s of tuning; decisions:")
+            for d in rec["decisions"]:
+                print(f"  {d['at_seconds']:6.0f}s  {d['knob']} {d['before']} -> {d['after']}: "
+                      f"{d['base_rate']:,.0f} -> {d['trial_rate']:,.0f} "
+                      f"{'kept' if d['kept'] else 'undone'}")
     with open(args.json, "w") as f:
         json.dump(records, f, indent=2)
     print(f"wrote {args.json}; env/s ratio: pipeline / env-only ceiling; pred/s and samples/s "

@@ -72,14 +72,19 @@ class Autotuner(Worker):
         # After a change, threads start (TensorFlow, env creation) before it is measured.
         self._settle = min(3.0, window_seconds / 3) if settle_seconds is None else settle_seconds
         self.decisions: list[Decision] = []
-        self.frozen = threading.Event()  # set: keep the current layout, stop trying moves
+        self.frozen = threading.Event()  # set: tuning ends, the layout kept so far stays
         self.trial: str | None = None  # the move being measured, if any
         self._t0 = time.monotonic()
 
+    def freeze(self, timeout: float = 10.0) -> None:
+        """End tuning now and keep the layout kept so far (a trial in progress is undone)."""
+        self.frozen.set()
+        self.join(timeout)
+
     def _sleep(self, seconds: float) -> bool:
-        """Sleep unless stopped or retired; False if the tuner should end."""
+        """Sleep unless stopped, retired or frozen; False if the tuner should end."""
         deadline = time.monotonic() + seconds
-        while not self.stopping:
+        while not (self.stopping or self.frozen.is_set()):
             left = deadline - time.monotonic()
             if left <= 0:
                 return True
@@ -104,9 +109,6 @@ class Autotuner(Worker):
         move = 0
         blocked = 0
         while base is not None and not self.stopping:
-            if self.frozen.is_set():
-                self._sleep(0.25)
-                continue
             knob, delta = MOVES[move % len(MOVES)]
             if not self._allowed(knob, delta):
                 move += 1

@@ -147,3 +147,23 @@ def test_thread_churn_on_the_real_pipeline_loses_no_transitions():
     assert pipeline._agents_made > 3  # agents were really added and retired
     assert queued == 0
     assert steps - config.pipeline.min_train_batch < in_training <= steps
+
+
+def test_freeze_ends_tuning_and_undoes_a_trial_in_progress():
+    pipeline = SimulatedPipeline(peaked)
+    stop, failure = threading.Event(), Failure()
+    tuner = Autotuner(pipeline, pipeline.env_steps, BOUNDS, window_seconds=0.3, margin=0.05,
+                      log=lambda line: None, stop=stop, failure=failure, settle_seconds=0.02)
+    tuner.start()
+    deadline = time.monotonic() + 10
+    while tuner.trial is None and time.monotonic() < deadline:  # catch it mid-trial
+        time.sleep(0.005)
+    assert tuner.trial is not None
+    tuner.freeze()
+    assert not tuner.is_alive() and not failure
+    kept = {"agents": 1, "predictors": 1, "trainers": 1}
+    for d in tuner.decisions:
+        if d.kept:
+            kept[d.knob] = d.after
+    assert pipeline.counts() == kept
+    stop.set()

@@ -22,15 +22,23 @@ def test_throughput_smoke_writes_a_record_per_configuration(tmp_path):
     out = tmp_path / "t.json"
     proc = subprocess.run(
         [sys.executable, "benchmarks/throughput.py", "--seconds=2", "--warmup=1",
-         f"--json={out}", "--sweep=num_trainers=1,2", *TINY],
+         f"--json={out}", "--sweep=num_trainers=1,2", "--autotune_seconds=7",
+         "--autotune_window_seconds=1", *TINY],
         cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json.loads(out.read_text())
-    assert [r["sweep"] for r in records] == [{"num_trainers": "1"}, {"num_trainers": "2"}]
-    assert sum(r["best"] for r in records) == 1
+    assert [r["sweep"] for r in records] == [{"num_trainers": "1"}, {"num_trainers": "2"},
+                                             {"autotune": "true"}]
+    assert sum(r["best"] for r in records) == 1 and not records[2]["best"]
+    tuned = records[2]
+    assert tuned["autotuned"] and tuned["config"]["pipeline"]["autotune"]
+    assert set(tuned["layout"]) == {"agents", "predictors", "trainers"}
+    assert tuned["decisions"], "7 s of tuning with 1 s windows makes a trial"
+    assert tuned["vs_best"] > 0 and "autotune reached" in proc.stdout
+    for r in records[:2]:
+        assert r["layout"]["trainers"] == int(r["sweep"]["num_trainers"])
     for r in records:
         assert FIELDS <= set(r), FIELDS - set(r)
-        assert r["config"]["pipeline"]["num_trainers"] == int(r["sweep"]["num_trainers"])
         for key in ("env_steps_per_s", "ceiling_env_steps_per_s", "ceiling_predictions_per_s",
                     "ceiling_samples_per_s", "samples_per_s"):
             assert r[key] > 0, key
