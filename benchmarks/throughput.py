@@ -198,8 +198,10 @@ def model_ceiling(config: Config, env_spec, batch: int, threads: int, seconds: f
     rng = np.random.default_rng(0)
     batch = max(1, int(round(batch)))
     states = rng.normal(size=(batch, *env_spec.obs_shape)).astype(env_spec.obs_dtype)
+    # Rows share bootstrap states as an agent's segments do: one per env per n_step rows.
+    next_index = (np.arange(batch) // config.algo.n_step).astype(np.int32)
     data = Transitions(states, rng.integers(0, env_spec.num_actions, batch).astype(np.int32),
-                       np.ones(batch, np.float32), states.copy(),
+                       np.ones(batch, np.float32), states[:next_index[-1] + 1].copy(), next_index,
                        np.full(batch, config.algo.n_step, np.int32), np.ones(batch, np.float32),
                        np.zeros(batch, np.int64))
     step = (lambda: learner.train(data)) if train else (lambda: learner.predict(states))

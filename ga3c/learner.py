@@ -128,7 +128,8 @@ class Learner:
             obs_spec,  # states
             tf.TensorSpec([None], tf.int32),  # actions
             tf.TensorSpec([None], tf.float32),  # rewards (n-step sums)
-            obs_spec,  # next states
+            obs_spec,  # distinct next states
+            tf.TensorSpec([None], tf.int32),  # row -> its next state
             tf.TensorSpec([None], tf.int32),  # n
             tf.TensorSpec([None], tf.float32),  # masks
             tf.TensorSpec([None], tf.float32),  # row weights (0: padding)
@@ -143,12 +144,14 @@ class Learner:
         out = self.model(states, training=False)
         return tf.cast(out["logits"], tf.float32), tf.cast(out["value"], tf.float32)
 
-    def _train_impl(self, states, actions, rewards, next_states, nsteps, masks, weights):
+    def _train_impl(self, states, actions, rewards, next_states, next_index, nsteps, masks,
+                    weights):
         algo = self.algo
-        # V(s_n) in its own forward pass, outside the tape: nothing is back-propagated
-        # through the next states (with them in the taped pass, the CNN's backward pass
-        # ran over twice the rows and a train step cost 1.5x as much).
-        next_values = tf.cast(self.model(next_states, training=False)["value"], tf.float32)
+        # V(s_n) in its own forward pass, outside the tape, once per distinct s_n: nothing is
+        # back-propagated through the next states (with them in the taped pass, the CNN's
+        # backward pass ran over twice the rows and a train step cost 1.5x as much).
+        next_values = tf.gather(
+            tf.cast(self.model(next_states, training=False)["value"], tf.float32), next_index)
         discounts = tf.pow(tf.constant(algo.gamma, tf.float32), tf.cast(nsteps, tf.float32))
         targets = rewards + discounts * next_values * masks
         with tf.GradientTape() as tape:
@@ -185,12 +188,15 @@ class Learner:
 
     def train(self, batch: Transitions) -> TrainMetrics:
         n = len(batch)
-        columns = (batch.states, batch.actions, batch.rewards, batch.next_states, batch.nsteps,
-                   batch.masks, np.ones(n, np.float32))
-        if self.xla:
-            size = bucket_size(n)
-            columns = tuple(pad_rows(c, size) for c in columns)
-        metrics = self._train_fn(*columns)
+        rows = (batch.states, batch.actions, batch.rewards, batch.next_index, batch.nsteps,
+                batch.masks, np.ones(n, np.float32))
+        next_states = batch.next_states
+        if self.xla:  # padding rows point at next state 0 and weigh nothing
+            rows = tuple(pad_rows(c, bucket_size(n)) for c in rows)
+            next_states = pad_rows(next_states, bucket_size(len(next_states)))
+        states, actions, rewards, next_index, nsteps, masks, weights = rows
+        metrics = self._train_fn(states, actions, rewards, next_states, next_index, nsteps, masks,
+                                 weights)
         with self._version_lock:
             self._version += 1
         return TrainMetrics(*metrics.numpy().tolist())

@@ -26,12 +26,16 @@ import numpy as np
 
 
 class Transitions(NamedTuple):
-    """A batch of n-step transitions (all arrays share the leading dimension)."""
+    """A batch of n-step transitions. Row i: states[i], actions[i], ... and its bootstrap
+    state s_n = next_states[next_index[i]]. The rows of one env's segment mostly share s_n
+    (the segment's last observation), so each distinct s_n is stored, and evaluated by the
+    trainer, once: for Atari frames that is ~1/n_step of the rows."""
 
     states: np.ndarray
     actions: np.ndarray  # int32
     rewards: np.ndarray  # float32: discounted n-step reward sum R
-    next_states: np.ndarray  # s_n: the state to bootstrap from
+    next_states: np.ndarray  # the distinct bootstrap states s_n
+    next_index: np.ndarray  # int32: row -> its s_n in next_states
     nsteps: np.ndarray  # int32: n, number of rewards in R
     masks: np.ndarray  # float32: 0 where the episode terminated at s_n, else 1
     versions: np.ndarray  # int64: model version that chose the action (for policy lag)
@@ -39,11 +43,20 @@ class Transitions(NamedTuple):
     def __len__(self) -> int:
         return len(self.actions)
 
+    def bootstrap_states(self) -> np.ndarray:
+        """s_n of every row (a copy per row: for tests and small batches)."""
+        return self.next_states[self.next_index]
+
     @staticmethod
     def concatenate(parts: "list[Transitions]") -> "Transitions":
         if len(parts) == 1:
             return parts[0]
-        return Transitions(*(np.concatenate(cols) for cols in zip(*parts)))
+        offsets = np.cumsum([0] + [len(p.next_states) for p in parts[:-1]])
+        columns = {name: np.concatenate([getattr(p, name) for p in parts])
+                   for name in Transitions._fields if name != "next_index"}
+        columns["next_index"] = np.concatenate(
+            [p.next_index + np.int32(o) for p, o in zip(parts, offsets)]).astype(np.int32)
+        return Transitions(**columns)
 
 
 class NStepBuilder:
@@ -158,11 +171,15 @@ class NStepBuilder:
             R[t], boot[t], nsteps[t], masks[t] = ret, b, n, m
         ts, js = np.nonzero(self._valid[:T, cols])
         es = cols[js]
+        bs = boot[ts, js]
+        # Distinct (time, env) bootstrap observations, each stored once.
+        keys, next_index = np.unique(bs * E + js, return_inverse=True)
         out = Transitions(
             states=self._obs[ts, es],
             actions=self._actions[ts, es],
             rewards=R[ts, js],
-            next_states=self._obs[boot[ts, js], es],
+            next_states=self._obs[keys // max(E, 1), cols[keys % max(E, 1)]],
+            next_index=next_index.astype(np.int32).reshape(-1),
             nsteps=nsteps[ts, js],
             masks=masks[ts, js],
             versions=self._versions[ts, es],

@@ -155,7 +155,7 @@ def test_atari_backends_make_the_same_transitions_as_the_reference(backend, batc
         clipped = [(s, a, float(np.clip(r, -1, 1)), *rest) for s, a, r, *rest in raw]
         expected += [(t["state"], t["action"], t["reward"], t["next_state"], t["n"], t["mask"])
                      for t in reference_transitions(clipped, n_step, gamma)]
-    got = list(zip(batch.states, batch.actions, batch.rewards, batch.next_states, batch.nsteps,
+    got = list(zip(batch.states, batch.actions, batch.rewards, batch.bootstrap_states(), batch.nsteps,
                    batch.masks))
     assert transition_keys(got) == transition_keys(expected)
     steps_seen = [step for raw in env.raw for step in raw]

@@ -4,7 +4,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 
 from ga3c.autotune import Autotuner
 from ga3c.config import Config

@@ -90,7 +90,9 @@ def batch(rng, b, nsteps=None, masks=None):
         states=rng.normal(size=(b, 3)).astype(np.float32),
         actions=rng.integers(0, 2, b).astype(np.int32),
         rewards=rng.normal(size=b).astype(np.float32),
-        next_states=rng.normal(size=(b, 3)).astype(np.float32),
+        # Fewer distinct next states than rows, shared at random (as segments share s_n).
+        next_states=rng.normal(size=((b + 1) // 2, 3)).astype(np.float32),
+        next_index=rng.integers(0, (b + 1) // 2, b).astype(np.int32),
         nsteps=np.asarray(nsteps if nsteps is not None else rng.integers(1, 6, b), np.int32),
         masks=np.asarray(masks if masks is not None else rng.integers(0, 2, b), np.float32),
         versions=np.zeros(b, np.int64),
@@ -104,7 +106,7 @@ def test_train_step_target_is_R_plus_gamma_pow_n_V_next_times_mask(normalize):
                            normalize_advantages=normalize)
     t = batch(rng, 6, nsteps=[1, 2, 3, 4, 5, 2], masks=[1, 0, 1, 1, 0, 1])
     logits, values = learner.predict(t.states)
-    _, next_values = learner.predict(t.next_states)
+    _, next_values = learner.predict(t.bootstrap_states())
     targets = t.rewards + 0.9 ** t.nsteps * next_values * t.masks
     want = numpy_loss(logits, values, t.actions, targets, 0.5, 0.01, normalize)
     got = learner.train(t)
@@ -115,7 +117,7 @@ def test_train_step_target_is_R_plus_gamma_pow_n_V_next_times_mask(normalize):
 
 def reference_gradients(learner, t, gamma, value_coef, entropy_coef):
     """Gradients of the loss with the target computed *outside* the tape (a constant)."""
-    _, next_values = learner.predict(t.next_states)
+    _, next_values = learner.predict(t.bootstrap_states())
     targets = (t.rewards + gamma ** t.nsteps * next_values * t.masks).astype(np.float32)
     variables = learner.model.trainable_variables
     with tf.GradientTape() as tape:
@@ -165,7 +167,7 @@ def test_no_retracing_as_batch_sizes_vary():
     for b in (1, 2, 3, 7, 31, 64, 100, 128):
         t = batch(rng, b)
         learner._predict(t.states)
-        learner._train(t.states, t.actions, t.rewards, t.next_states, t.nsteps, t.masks,
+        learner._train(t.states, t.actions, t.rewards, t.next_states, t.next_index, t.nsteps, t.masks,
                        np.ones(b, np.float32))
         learner.predict(t.states)  # the path the predictor threads use
         learner.train(t)

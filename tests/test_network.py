@@ -56,7 +56,8 @@ def test_learner_trains_the_cnn_on_uint8_frames():
     logits, values = learner.predict(frames)
     assert logits.shape == (5, 4) and values.shape == (5,)
     batch = Transitions(frames, rng.integers(0, 4, 5).astype(np.int32),
-                        np.ones(5, np.float32), frames[::-1].copy(), np.full(5, 5, np.int32),
+                        np.ones(5, np.float32), frames[:2].copy(), np.array([0, 0, 1, 1, 1], np.int32),
+                        np.full(5, 5, np.int32),
                         np.ones(5, np.float32), np.zeros(5, np.int64))
     metrics = learner.train(batch)
     assert np.isfinite(metrics.loss) and learner.version == 1

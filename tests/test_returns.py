@@ -30,7 +30,7 @@ def run_builder(n_step, gamma, steps, num_flushes=None):
         parts.append(b.flush())
     t = Transitions.concatenate(parts)
     return [(int(s[0]), int(a), pytest.approx(float(R)), int(ns[0]), int(n), float(m))
-            for s, a, R, ns, n, m in zip(t.states, t.actions, t.rewards, t.next_states,
+            for s, a, R, ns, n, m in zip(t.states, t.actions, t.rewards, t.bootstrap_states(),
                                          t.nsteps, t.masks)]
 
 
@@ -173,7 +173,7 @@ def test_matches_slow_reference_on_random_vector_streams(n_step, seed, lives):
             np.testing.assert_array_equal(t.states[i], ref["state"])
             assert t.actions[i] == ref["action"]
             assert t.rewards[i] == pytest.approx(ref["reward"], rel=1e-5, abs=1e-5)
-            np.testing.assert_array_equal(t.next_states[i], ref["next_state"])
+            np.testing.assert_array_equal(t.bootstrap_states()[i], ref["next_state"])
             assert t.nsteps[i] == ref["n"]
             assert t.masks[i] == ref["mask"]
     # nothing lost: one transition per step that is not a reset step
@@ -202,3 +202,27 @@ def test_episode_tracker_reports_real_returns_and_lengths_once():
     rets, lens = tr.add(np.array([5.0, 0.0]), [True, False], [False, False],
                         np.array([True, False]))
     assert rets.tolist() == [5.0] and lens.tolist() == [1]
+
+
+def test_each_distinct_bootstrap_state_is_stored_once_and_concatenation_keeps_the_links():
+    # 3 envs, n=4, env 1 terminates at step 1: env 0 and env 2 bootstrap all rows from their
+    # o4; env 1 from its o2 (rows 0-1), and from o4 (row 3; step 2 is its reset step).
+    b = NStepBuilder(3, 4, 0.5, (1,), np.float32)
+    b.reset(np.array([[0.0], [10.0], [20.0]], np.float32))
+    for k in range(4):
+        b.add(np.zeros(3), np.ones(3, np.float32), np.array([False, k == 1, False]),
+              np.zeros(3, bool), np.array([[k + 1.0], [k + 11.0], [k + 21.0]], np.float32))
+    first = b.flush()
+    assert len(first) == 11 and len(first.next_states) == 4
+    assert sorted(first.next_states[:, 0]) == [4.0, 12.0, 14.0, 24.0]
+    for k in range(4):
+        b.add(np.zeros(3), np.ones(3, np.float32), np.zeros(3, bool), np.zeros(3, bool),
+              np.array([[k + 5.0], [k + 15.0], [k + 25.0]], np.float32))
+    second = b.flush()
+    both = Transitions.concatenate([first, second])
+    assert len(both.next_states) == 4 + 3
+    np.testing.assert_array_equal(both.bootstrap_states(),
+                                  np.concatenate([first.bootstrap_states(),
+                                                  second.bootstrap_states()]))
+    # each row's s_n is its env's: env e's observations are 10 e + t
+    np.testing.assert_array_equal(both.bootstrap_states()[:, 0] // 10, both.states[:, 0] // 10)

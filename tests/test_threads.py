@@ -359,6 +359,7 @@ def transitions(tag: int, n: int, version: int) -> Transitions:
         actions=np.arange(n, dtype=np.int32) + tag,
         rewards=np.full(n, tag, np.float32),
         next_states=s + 0.5,
+        next_index=np.arange(n, dtype=np.int32),
         nsteps=np.ones(n, np.int32),
         masks=np.ones(n, np.float32),
         versions=np.full(n, version, np.int64),
@@ -628,7 +629,7 @@ def test_agent_end_to_end_with_fake_vector_env():
         k = keys[(e, ep, lengths[e] - 1)]
         assert batch.masks[k] == (0.0 if terminated else 1.0)
         assert batch.nsteps[k] == 1
-        assert np.array_equal(batch.next_states[k], [e, ep, lengths[e], 0])
+        assert np.array_equal(batch.bootstrap_states()[k], [e, ep, lengths[e], 0])
     assert any(term for *_, term in env.episodes_ended)
     assert any(not term for *_, term in env.episodes_ended)
 
@@ -640,7 +641,7 @@ def test_agent_end_to_end_with_fake_vector_env():
         np.testing.assert_array_equal(batch.states[mine], [r["state"] for r in ref])
         np.testing.assert_array_equal(batch.actions[mine], [r["action"] for r in ref])
         np.testing.assert_allclose(batch.rewards[mine], [r["reward"] for r in ref], rtol=1e-6)
-        np.testing.assert_array_equal(batch.next_states[mine], [r["next_state"] for r in ref])
+        np.testing.assert_array_equal(batch.bootstrap_states()[mine], [r["next_state"] for r in ref])
         np.testing.assert_array_equal(batch.nsteps[mine], [r["n"] for r in ref])
         np.testing.assert_array_equal(batch.masks[mine], [r["mask"] for r in ref])
 
