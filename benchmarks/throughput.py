@@ -303,6 +303,9 @@ def main(argv: list[str]) -> int:
         if args.autotune_seconds < 0:
             raise BadInput(f"--autotune_seconds={args.autotune_seconds:g}: must be >= 0")
         configs = []
+        if any(f.split("=")[0] in ("--autotune", "--noautotune") for f in ga3c_flags):
+            raise BadInput("use --autotune_seconds=S to measure autotune (it runs after the "
+                           "sweep and is compared with it), not --autotune")
         if args.autotune_seconds > 0:
             combos = [*combos, {"autotune": "true"}]
         for combo in combos:
@@ -333,7 +336,7 @@ def main(argv: list[str]) -> int:
             config = config.replace(run__logdir=os.path.join(tmp, f"config{i}"),
                                     run__target_score=None, run__max_env_steps=0,
                                     run__max_seconds=0.0)
-            tuning = config.pipeline.autotune
+            tuning = combo.get("autotune") == "true"
             label = " ".join(f"{k}={v}" for k, v in combo.items()) or "as given"
             rec = measure(config, env_spec, args.autotune_seconds if tuning else args.warmup,
                           args.seconds)

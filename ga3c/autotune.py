@@ -108,7 +108,7 @@ class Autotuner(Worker):
         base = self._measure()
         move = 0
         blocked = 0
-        while base is not None and not self.stopping:
+        while base is not None and not (self.stopping or self.frozen.is_set()):
             knob, delta = MOVES[move % len(MOVES)]
             if not self._allowed(knob, delta):
                 move += 1
@@ -122,13 +122,15 @@ class Autotuner(Worker):
             self.trial = f"{knob} {before} -> {before + delta}"
             self._pipeline.resize(knob, delta)
             trial = self._measure()
+            if self.stop_event.is_set():  # stopping: start no thread the stop would miss
+                return
             self._pipeline.resize(knob, -delta)
             self.trial = None
             after = self._measure() if trial is not None else None
             if after is None:
                 return
             reference = (base + after) / 2
-            kept = trial > reference * (1.0 + self._margin)
+            kept = trial > reference * (1.0 + self._margin) and not self.frozen.is_set()
             if kept:
                 self._pipeline.resize(knob, delta)
             self.decisions.append(Decision(time.monotonic() - self._t0, knob, before,

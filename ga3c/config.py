@@ -163,9 +163,9 @@ class Config:
         check(p.num_agents >= 1, "num_agents", p.num_agents, ">= 1")
         check(p.num_predictors >= 1, "num_predictors", p.num_predictors, ">= 1")
         check(p.num_trainers >= 1, "num_trainers", p.num_trainers, ">= 1")
-        for knob in ("agents", "predictors", "trainers"):
+        for knob in ("agents", "predictors", "trainers") if p.autotune else ():
             start, top = getattr(p, f"num_{knob}"), getattr(p, f"max_{knob}")
-            check(top >= start, f"max_{knob}", top, f">= num_{knob}={start}")
+            check(top >= start, f"max_{knob}", top, f">= num_{knob}={start} (with --autotune)")
         check(finite(p.autotune_window_seconds) and p.autotune_window_seconds >= 1,
               "autotune_window_seconds", p.autotune_window_seconds, ">= 1")
         check(finite(p.autotune_margin) and 0 <= p.autotune_margin < 1, "autotune_margin",

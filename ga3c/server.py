@@ -246,6 +246,7 @@ class Server:
         writer = tf.summary.create_file_writer(os.path.join(self.logdir, "tb"))
         p = cfg.pipeline
         seed = cfg.run.seed * 1_000_003 + r.get("env_steps", 0) % 1_000_003
+        self.autotuner = None
         self.pipeline = Pipeline(cfg, self.learner.predict, self.learner.train,
                                  lambda: self.learner.version, stats, self.stop, self.failure,
                                  seed)
@@ -254,7 +255,6 @@ class Server:
             f"logdir {self.logdir}")
         self.pipeline.start()
         stats.window()  # rates start now
-        self.autotuner = None
         if p.autotune:
             self.autotuner = Autotuner(
                 self.pipeline, lambda: stats.env_steps,
@@ -268,9 +268,10 @@ class Server:
             self.failure.record(threading.current_thread().name, exc)
         finally:
             self.request_stop("stopping")
+            if self.autotuner is not None:  # first: it may still be adding or retiring threads
+                self.autotuner.join(JOIN_SECONDS)
             stuck = self.pipeline.join()
             if self.autotuner is not None:
-                self.autotuner.join(JOIN_SECONDS)
                 trial = self.autotuner.trial
                 log("autotune: final layout " + " ".join(
                     f"{k}={v}" for k, v in self.pipeline.counts().items())

@@ -56,8 +56,8 @@ def run_tuner(pipeline, seconds, bounds=BOUNDS, margin=0.05):
                       log=lines.append, stop=stop, failure=failure, settle_seconds=0.02)
     tuner.start()
     time.sleep(seconds)
+    tuner.freeze()  # ends tuning; a trial in progress is undone
     stop.set()
-    tuner.join(5)
     assert not tuner.is_alive() and not failure, failure.traceback
     return tuner, lines
 
@@ -166,3 +166,35 @@ def test_freeze_ends_tuning_and_undoes_a_trial_in_progress():
             kept[d.knob] = d.after
     assert pipeline.counts() == kept
     stop.set()
+
+
+def test_nothing_to_move_and_freeze_do_not_spin():
+    """Every knob at its only allowed value: the tuner waits; freeze ends it at once."""
+    pipeline = SimulatedPipeline(peaked)
+    stop, failure = threading.Event(), Failure()
+    tuner = Autotuner(pipeline, pipeline.env_steps, {k: (1, 1) for k in BOUNDS},
+                      window_seconds=0.1, margin=0.05, log=lambda line: None, stop=stop,
+                      failure=failure, settle_seconds=0.01)
+    tuner.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    tuner.freeze()
+    assert not tuner.is_alive() and time.monotonic() - t0 < 1.0
+    assert tuner.decisions == [] and pipeline.history == [pipeline.counts()]
+    stop.set()
+
+
+def test_a_stop_during_a_trial_starts_no_thread():
+    pipeline = SimulatedPipeline(peaked)
+    stop, failure = threading.Event(), Failure()
+    tuner = Autotuner(pipeline, pipeline.env_steps, BOUNDS, window_seconds=0.3, margin=0.05,
+                      log=lambda line: None, stop=stop, failure=failure, settle_seconds=0.02)
+    tuner.start()
+    deadline = time.monotonic() + 10
+    while tuner.trial is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    layout = pipeline.counts()
+    stop.set()
+    tuner.join(5)
+    assert not tuner.is_alive()
+    assert pipeline.counts() == layout and tuner.trial is not None  # left as it was
