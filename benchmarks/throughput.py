@@ -103,10 +103,19 @@ def measure_window(stats: Stats, warmup: float, seconds: float, failure: Failure
     )
 
 
-def run_pipeline(config: Config, env_spec, warmup: float, seconds: float) -> dict:
+def set_layout(pipeline, layout: dict[str, int]) -> None:
+    for knob, count in layout.items():
+        while pipeline.counts()[knob] != count:
+            pipeline.resize(knob, 1 if pipeline.counts()[knob] < count else -1)
+
+
+def run_pipeline(config: Config, env_spec, warmup: float, seconds: float,
+                 compare_layout: dict[str, int] | None = None) -> dict:
     """The real service for warmup + seconds; returns the measured window. With autotune on,
     the warm-up is the tuning time: the tuner is then frozen, and the layout it reached is
-    measured (`layout`, `decisions` in the result)."""
+    measured (`layout`, `decisions` in the result). `compare_layout`: then switch the same
+    running service to that layout and measure it too (`compare_env_steps_per_s`), so the
+    two are compared side by side, with the same model and episodes."""
     from ga3c.server import Server
 
     server = Server(config, env_spec)
@@ -140,6 +149,11 @@ def run_pipeline(config: Config, env_spec, warmup: float, seconds: float) -> dic
         if server.autotuner is not None:
             result["decisions"] = [dataclasses.asdict(d) for d in server.autotuner.decisions]
         sampler_stop.set()
+        if compare_layout is not None and not server.failure:
+            set_layout(server.pipeline, compare_layout)
+            other = measure_window(server.stats, SETTLE_SECONDS, seconds, server.failure)
+            result["compare_layout"] = server.pipeline.counts()
+            result["compare_env_steps_per_s"] = other["env_steps_per_s"]
         server.request_stop("benchmark window over")
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -223,8 +237,9 @@ def model_ceiling(config: Config, env_spec, batch: int, threads: int, seconds: f
     return sum(counts) * batch / (time.monotonic() - t0)
 
 
-def measure(config: Config, env_spec, warmup: float, seconds: float) -> dict:
-    rec = run_pipeline(config, env_spec, warmup, seconds)
+def measure(config: Config, env_spec, warmup: float, seconds: float,
+            compare_layout: dict[str, int] | None = None) -> dict:
+    rec = run_pipeline(config, env_spec, warmup, seconds, compare_layout)
     rec["peak_rss_mib"] = peak_rss_mib()
     # Ceilings for the layout measured (with autotune: the one it reached).
     layout = rec["layout"]
@@ -338,8 +353,10 @@ def main(argv: list[str]) -> int:
                                     run__max_seconds=0.0)
             tuning = combo.get("autotune") == "true"
             label = " ".join(f"{k}={v}" for k, v in combo.items()) or "as given"
+            best_layout = (max(records, key=lambda r: r["env_steps_per_s"])["layout"]
+                           if tuning and records else None)
             rec = measure(config, env_spec, args.autotune_seconds if tuning else args.warmup,
-                          args.seconds)
+                          args.seconds, compare_layout=best_layout)
             if tuning:
                 p = config.pipeline
                 label = (f"autotune {args.autotune_seconds:g}s: {p.num_agents}/{p.num_predictors}"
@@ -361,7 +378,14 @@ def main(argv: list[str]) -> int:
             rec["vs_best"] = rec["env_steps_per_s"] / records[best]["env_steps_per_s"]
             print(f"autotune reached {rec['env_steps_per_s']:,.0f} env steps/s = "
                   f"{rec['vs_best']:.2f} of the best configuration ({records[best]['label']}) "
-                  f"after {args.autotune_seconds:g} s of tuning; decisions:")
+                  f"after {args.autotune_seconds:g} s of tuning")
+            if "compare_env_steps_per_s" in rec:
+                rec["vs_best_side_by_side"] = (rec["env_steps_per_s"]
+                                               / rec["compare_env_steps_per_s"])
+                print(f"  side by side in the same service right after: the best layout "
+                      f"({rec['compare_layout']}) ran {rec['compare_env_steps_per_s']:,.0f} env "
+                      f"steps/s, so the tuned layout made {rec['vs_best_side_by_side']:.2f} of it")
+            print("decisions:")
             for d in rec["decisions"]:
                 print(f"  {d['at_seconds']:6.0f}s  {d['knob']} {d['before']} -> {d['after']}: "
                       f"{d['base_rate']:,.0f} -> {d['trial_rate']:,.0f} "

@@ -35,6 +35,9 @@ def test_throughput_smoke_writes_a_record_per_configuration(tmp_path):
     assert set(tuned["layout"]) == {"agents", "predictors", "trainers"}
     assert tuned["decisions"], "7 s of tuning with 1 s windows makes a trial"
     assert tuned["vs_best"] > 0 and "autotune reached" in proc.stdout
+    # The best swept layout, re-measured in the same service right after the tuned one.
+    [best] = [r for r in records if r["best"]]
+    assert tuned["compare_layout"] == best["layout"] and tuned["vs_best_side_by_side"] > 0
     for r in records[:2]:
         assert r["layout"]["trainers"] == int(r["sweep"]["num_trainers"])
     for r in records:
