@@ -38,6 +38,7 @@ def test_throughput_smoke_writes_a_record_per_configuration(tmp_path):
     # The best swept layout, re-measured in the same service right after the tuned one.
     [best] = [r for r in records if r["best"]]
     assert tuned["compare_layout"] == best["layout"] and tuned["vs_best_side_by_side"] > 0
+    assert tuned["tuned_env_steps_per_s_again"] > 0
     for r in records[:2]:
         assert r["layout"]["trainers"] == int(r["sweep"]["num_trainers"])
     for r in records:
