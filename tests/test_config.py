@@ -60,7 +60,7 @@ def test_atari_cfgs_follow_the_rl_zoo_a2c_settings_and_the_min_batch_advice():
         assert (c.env.env_id, c.env.episodic_life, c.env.clip_rewards) == (game, lives, True)
         assert c.env.env_backend == "ale_vector" and c.env.repeat_action_probability == 0
         assert (c.algo.learning_rate, c.algo.gamma, c.algo.value_coef) == (7e-4, 0.99, 0.25)
-        assert (c.algo.rmsprop_init, c.algo.normalize_advantages) == (1.0, True)
+        assert (c.algo.rmsprop_init, c.algo.normalize_advantages) == (1.0, False)
         # GA3C's maintainers (#22): a training batch below 20-40 was unstable.
         assert c.pipeline.min_train_batch >= 40
         # One agent's segment fills a batch: updates never wait on a second agent.
