@@ -16,7 +16,9 @@ the flags given) it runs, one after another in this process:
 
 It prints one table row per configuration with every pipeline figure and its ratio to the
 matching ceiling (ratios survive a noisy machine; absolute numbers drift by 1.5x here), marks
-the best configuration by env steps/s, and writes one JSON record per configuration.
+the best configuration by throughput (min of env steps/s and samples trained/s: while the
+bounded training queue fills, envs run ahead of what is trained, which does not last), and
+writes one JSON record per configuration.
 Rates are over the measured window only, never averages since start.
 
 `--autotune_seconds=S` adds one more run after the sweep: the flags as given (set the poor
@@ -98,6 +100,9 @@ def measure_window(stats: Stats, warmup: float, seconds: float, failure: Failure
         trainings_per_s=w.trainings_per_s, samples_per_s=w.samples_per_s,
         mean_predict_batch=w.mean_predict_batch, mean_train_batch=w.mean_train_batch,
         policy_lag_mean=w.policy_lag_mean, policy_lag_p95=w.policy_lag_p95,
+        # What lasts: while the training queue fills, envs run ahead of training (and behind
+        # it while the queue drains); the slower of the two is the sustained rate.
+        throughput=min(w.env_steps_per_s, w.samples_per_s),
         cpu_percent=100.0 * (cpu_seconds() - cpu0) / wall,
         gpu_percent=float(np.mean(gpu)) if gpu else None,
     )
@@ -114,7 +119,7 @@ def run_pipeline(config: Config, env_spec, warmup: float, seconds: float,
     """The real service for warmup + seconds; returns the measured window. With autotune on,
     the warm-up is the tuning time: the tuner is then frozen, and the layout it reached is
     measured (`layout`, `decisions` in the result). `compare_layout`: then switch the same
-    running service to that layout and measure it too (`compare_env_steps_per_s`), so the
+    running service to that layout and measure it too (`compare_throughput`), so the
     two are compared side by side, with the same model and episodes."""
     from ga3c.server import Server
 
@@ -157,10 +162,10 @@ def run_pipeline(config: Config, env_spec, warmup: float, seconds: float,
                                  ("tuned", tuned_layout)):
                 set_layout(server.pipeline, layout)
                 window = measure_window(server.stats, SETTLE_SECONDS, seconds, server.failure)
-                rates[name].append(window["env_steps_per_s"])
+                rates[name].append(window["throughput"])
             result["compare_layout"] = dict(compare_layout)
-            result["compare_env_steps_per_s"] = float(np.mean(rates["best"]))
-            result["tuned_env_steps_per_s_again"] = rates["tuned"][0]
+            result["compare_throughput"] = float(np.mean(rates["best"]))
+            result["tuned_throughput_again"] = rates["tuned"][0]
         server.request_stop("benchmark window over")
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -280,7 +285,7 @@ def parse_sweeps(sweeps: list[str]) -> list[dict[str, str]]:
     return [dict(combo) for combo in itertools.product(*grid)] if grid else [{}]
 
 
-COLUMNS = [("config", "{}"), ("env/s", "{:,.0f}"), ("ratio", "{:.2f}"),
+COLUMNS = [("config", "{}"), ("thru/s", "{:,.0f}"), ("env/s", "{:,.0f}"), ("ratio", "{:.2f}"),
            ("pred/s", "{:,.0f}"), ("pbatch", "{:.1f}"), ("ratio", "{:.2f}"),
            ("train/s", "{:,.0f}"), ("tbatch", "{:.1f}"), ("samples/s", "{:,.0f}"),
            ("ratio", "{:.2f}"), ("overall", "{:.2f}"), ("lag", "{}"), ("q p/t", "{}"),
@@ -290,7 +295,7 @@ COLUMNS = [("config", "{}"), ("env/s", "{:,.0f}"), ("ratio", "{:.2f}"),
 def row(label: str, r: dict) -> list[str]:
     lag = ("n/a" if r["policy_lag_mean"] is None
            else f"{r['policy_lag_mean']:.1f}/{r['policy_lag_p95']:.0f}")
-    values = [label, r["env_steps_per_s"], r["ratio_env"], r["predictions_per_s"],
+    values = [label, r["throughput"], r["env_steps_per_s"], r["ratio_env"], r["predictions_per_s"],
               r["mean_predict_batch"], r["ratio_predict"], r["trainings_per_s"],
               r["mean_train_batch"], r["samples_per_s"], r["ratio_train"], r["ratio_overall"],
               lag, f"{r['mean_predict_queue']:.1f}/{r['mean_train_queue']:.1f}", r["cpu_percent"],
@@ -360,7 +365,7 @@ def main(argv: list[str]) -> int:
                                     run__max_seconds=0.0)
             tuning = combo.get("autotune") == "true"
             label = " ".join(f"{k}={v}" for k, v in combo.items()) or "as given"
-            best_layout = (max(records, key=lambda r: r["env_steps_per_s"])["layout"]
+            best_layout = (max(records, key=lambda r: r["throughput"])["layout"]
                            if tuning and records else None)
             rec = measure(config, env_spec, args.autotune_seconds if tuning else args.warmup,
                           args.seconds, compare_layout=best_layout)
@@ -374,7 +379,7 @@ def main(argv: list[str]) -> int:
             records.append(rec)
             rows.append(row(label, rec))
     swept = [k for k, rec in enumerate(records) if not rec["autotuned"]]
-    best = max(swept, key=lambda k: records[k]["env_steps_per_s"])
+    best = max(swept, key=lambda k: records[k]["throughput"])
     for k, rec in enumerate(records):
         rec["best"] = k == best
     if len(swept) > 1:
@@ -382,16 +387,16 @@ def main(argv: list[str]) -> int:
     print_table(rows)
     for rec in records:
         if rec["autotuned"]:
-            rec["vs_best"] = rec["env_steps_per_s"] / records[best]["env_steps_per_s"]
-            print(f"autotune reached {rec['env_steps_per_s']:,.0f} env steps/s = "
+            rec["vs_best"] = rec["throughput"] / records[best]["throughput"]
+            print(f"autotune reached {rec['throughput']:,.0f}/s throughput = "
                   f"{rec['vs_best']:.2f} of the best configuration ({records[best]['label']}) "
                   f"after {args.autotune_seconds:g} s of tuning")
-            if "compare_env_steps_per_s" in rec:
-                tuned = (rec["env_steps_per_s"] + rec["tuned_env_steps_per_s_again"]) / 2
-                rec["vs_best_side_by_side"] = tuned / rec["compare_env_steps_per_s"]
+            if "compare_throughput" in rec:
+                tuned = (rec["throughput"] + rec["tuned_throughput_again"]) / 2
+                rec["vs_best_side_by_side"] = tuned / rec["compare_throughput"]
                 print(f"  side by side in the same service (windows tuned, best, best, tuned): "
-                      f"the tuned layout {rec['layout']} ran {tuned:,.0f} env steps/s, the best "
-                      f"one {rec['compare_layout']} {rec['compare_env_steps_per_s']:,.0f}: "
+                      f"the tuned layout {rec['layout']} ran {tuned:,.0f}/s, the best "
+                      f"one {rec['compare_layout']} {rec['compare_throughput']:,.0f}/s: "
                       f"{rec['vs_best_side_by_side']:.2f} of it")
             print("decisions:")
             for d in rec["decisions"]:

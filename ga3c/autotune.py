@@ -2,8 +2,11 @@
 
 The original GA3C moved agents, predictors and trainers by -1/0/+1 every 20 s and kept a
 change if the trainings counted in that window went up. Here a controller thread does it
-as a careful hill climb on env steps/s (in steady state equal to samples trained/s), each
-trial an A-B-A measurement:
+as a careful hill climb on throughput, each trial an A-B-A measurement. Throughput over a
+window is min(env steps/s, samples trained/s): in steady state the two are equal, but while
+the bounded training queue fills (more agents than the trainers keep up with) env steps/s
+runs ahead of what is trained, and while it drains the trainers run ahead of the envs;
+neither is throughput that lasts, and the minimum counts neither.
 
     before = rate over one window (current layout)
     repeat:
@@ -52,19 +55,20 @@ class Decision:
         gain = self.trial_rate / self.base_rate - 1 if self.base_rate > 0 else float("inf")
         verdict = "kept" if self.kept else "undone"
         layout = " ".join(f"{k}={v}" for k, v in self.layout.items())
-        return (f"autotune: {self.knob} {self.before} -> {self.after}: env steps/s "
+        return (f"autotune: {self.knob} {self.before} -> {self.after}: throughput/s "
                 f"{self.base_rate:,.0f} -> {self.trial_rate:,.0f} ({gain:+.1%}), {verdict}; "
                 f"now {layout}")
 
 
 class Autotuner(Worker):
-    def __init__(self, pipeline, steps_fn: Callable[[], int], bounds: dict[str, tuple[int, int]],
+    def __init__(self, pipeline, counts_fn: Callable[[], tuple[int, ...]],
+                 bounds: dict[str, tuple[int, int]],
                  window_seconds: float, margin: float, log: Callable[[str], None],
                  stop: threading.Event, failure: Failure, settle_seconds: float | None = None
                  ) -> None:
         super().__init__("autotune", stop, failure)
         self._pipeline = pipeline
-        self._steps_fn = steps_fn
+        self._counts_fn = counts_fn  # cumulative work counters: throughput is their slowest
         self._bounds = bounds
         self._window = window_seconds
         self._margin = margin
@@ -92,13 +96,14 @@ class Autotuner(Worker):
         return False
 
     def _measure(self) -> float | None:
-        """Env steps/s over one window after settling (None if stopped meanwhile)."""
+        """Throughput over one window after settling (None if stopped meanwhile)."""
         if not self._sleep(self._settle):
             return None
-        s0, t0 = self._steps_fn(), time.monotonic()
+        c0, t0 = self._counts_fn(), time.monotonic()
         if not self._sleep(self._window):
             return None
-        return (self._steps_fn() - s0) / max(time.monotonic() - t0, 1e-9)
+        c1 = self._counts_fn()
+        return min(b - a for a, b in zip(c0, c1)) / max(time.monotonic() - t0, 1e-9)
 
     def _allowed(self, knob: str, delta: int) -> bool:
         low, high = self._bounds[knob]

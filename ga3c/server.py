@@ -257,7 +257,7 @@ class Server:
         stats.window()  # rates start now
         if p.autotune:
             self.autotuner = Autotuner(
-                self.pipeline, lambda: stats.env_steps,
+                self.pipeline, lambda: (stats.env_steps, stats.samples_trained),
                 {"agents": (1, p.max_agents), "predictors": (1, p.max_predictors),
                  "trainers": (1, p.max_trainers)},
                 p.autotune_window_seconds, p.autotune_margin, log, self.stop, self.failure)

@@ -123,6 +123,10 @@ class Stats:
     def episodes(self) -> int:
         return self._counts["episodes"]
 
+    @property
+    def samples_trained(self) -> int:
+        return self._counts["train_samples"]
+
     def mean_score(self) -> float | None:
         with self._lock:
             return float(np.mean(self._returns)) if self._returns else None

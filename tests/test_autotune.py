@@ -28,10 +28,10 @@ class SimulatedPipeline:
         self.steps += self.rate(self.layout) * (now - self.t)
         self.t = now
 
-    def env_steps(self) -> int:
+    def env_steps(self) -> tuple[int]:
         with self.lock:
             self._advance()
-            return int(self.steps)
+            return (int(self.steps),)
 
     def counts(self) -> dict[str, int]:
         with self.lock:
