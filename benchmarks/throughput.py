@@ -198,6 +198,11 @@ def env_only_ceiling(config: Config, warmup: float, seconds: float) -> float:
                         seed=config.run.seed)
     pipeline.start()
     try:
+        # The warm-up starts once the envs step: creating many gymnasium Atari envs (the
+        # threads backend) takes seconds, which must not count against the envs.
+        deadline = time.monotonic() + 120
+        while stats.env_steps == 0 and not failure and time.monotonic() < deadline:
+            time.sleep(0.05)
         window = measure_window(stats, warmup, seconds, failure)
     finally:
         stop.set()
