@@ -12,8 +12,9 @@ neither is throughput that lasts, and the minimum counts neither.
     repeat:
         move one knob by one (within its bounds); after settling, measure a window (trial)
         undo the move; measure a window (after)
-        if trial beats the mean of before and after by `margin`: redo the move for good
-        (and measure the new layout's rate), then try the same move again
+        if trial beats the mean of before and after by `margin`, and a second such trial
+        agrees: redo the move for good (and measure the new layout's rate), then try the
+        same move again
         else go to the next move
 
 Comparing the trial with windows on both sides of it cancels a steady drift of the machine
@@ -109,6 +110,22 @@ class Autotuner(Worker):
         low, high = self._bounds[knob]
         return low <= self._pipeline.counts()[knob] + delta <= high
 
+    def _trial(self, knob: str, delta: int, base: float) -> tuple[float, float, float] | None:
+        """Move, measure, undo, measure: (trial rate, mean of the windows around it, the
+        window after), or None if the tuner must end."""
+        before = self._pipeline.counts()[knob]
+        self.trial = f"{knob} {before} -> {before + delta}"
+        self._pipeline.resize(knob, delta)
+        trial = self._measure()
+        if self.stop_event.is_set():  # stopping: start no thread the stop would miss
+            return None
+        self._pipeline.resize(knob, -delta)
+        self.trial = None
+        after = self._measure() if trial is not None else None
+        if after is None:
+            return None
+        return trial, (base + after) / 2, after
+
     def work(self) -> None:
         base = self._measure()
         move = 0
@@ -124,18 +141,19 @@ class Autotuner(Worker):
                 continue
             blocked = 0
             before = self._pipeline.counts()[knob]
-            self.trial = f"{knob} {before} -> {before + delta}"
-            self._pipeline.resize(knob, delta)
-            trial = self._measure()
-            if self.stop_event.is_set():  # stopping: start no thread the stop would miss
+            first = self._trial(knob, delta, base)
+            if first is None:
                 return
-            self._pipeline.resize(knob, -delta)
-            self.trial = None
-            after = self._measure() if trial is not None else None
-            if after is None:
-                return
-            reference = (base + after) / 2
-            kept = trial > reference * (1.0 + self._margin) and not self.frozen.is_set()
+            trial, reference, after = first
+            won = trial > reference * (1.0 + self._margin)
+            if won:  # a second A-B-A trial must agree: one lucky window is not enough
+                second = self._trial(knob, delta, after)
+                if second is None:
+                    return
+                won = second[0] > second[1] * (1.0 + self._margin)
+                trial, reference, after = ((trial + second[0]) / 2,
+                                           (reference + second[1]) / 2, second[2])
+            kept = won and not self.frozen.is_set()
             if kept:
                 self._pipeline.resize(knob, delta)
             self.decisions.append(Decision(time.monotonic() - self._t0, knob, before,
