@@ -81,7 +81,7 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("training_queue_size", p.training_queue_size,
                          "Bound of the training queue (segments).", flag_values=fv)
     flags.DEFINE_bool("autotune", p.autotune, "Adjust agents/predictors/trainers while "
-                      "training, one at a time, keeping changes that raise env steps/s.",
+                      "training, one at a time, keeping changes that raise throughput.",
                       flag_values=fv)
     flags.DEFINE_float("autotune_window_seconds", p.autotune_window_seconds,
                        "Autotune: seconds measured per setting.", flag_values=fv)
