@@ -148,16 +148,22 @@ def test_thread_churn_on_the_real_pipeline_loses_no_transitions():
     assert steps - config.pipeline.min_train_batch < in_training <= steps
 
 
-def test_freeze_ends_tuning_and_undoes_a_trial_in_progress():
+def tuner_in_a_trial():
+    """A tuner on the peaked simulated pipeline, caught while a trial move is applied."""
     pipeline = SimulatedPipeline(peaked)
     stop, failure = threading.Event(), Failure()
     tuner = Autotuner(pipeline, pipeline.env_steps, BOUNDS, window_seconds=0.3, margin=0.05,
                       log=lambda line: None, stop=stop, failure=failure, settle_seconds=0.02)
     tuner.start()
     deadline = time.monotonic() + 10
-    while tuner.trial is None and time.monotonic() < deadline:  # catch it mid-trial
+    while tuner.trial is None and time.monotonic() < deadline:
         time.sleep(0.005)
     assert tuner.trial is not None
+    return pipeline, tuner, stop, failure
+
+
+def test_freeze_ends_tuning_and_undoes_a_trial_in_progress():
+    pipeline, tuner, stop, failure = tuner_in_a_trial()
     tuner.freeze()
     assert not tuner.is_alive() and not failure
     kept = {"agents": 1, "predictors": 1, "trainers": 1}
@@ -185,14 +191,7 @@ def test_nothing_to_move_and_freeze_do_not_spin():
 
 
 def test_a_stop_during_a_trial_starts_no_thread():
-    pipeline = SimulatedPipeline(peaked)
-    stop, failure = threading.Event(), Failure()
-    tuner = Autotuner(pipeline, pipeline.env_steps, BOUNDS, window_seconds=0.3, margin=0.05,
-                      log=lambda line: None, stop=stop, failure=failure, settle_seconds=0.02)
-    tuner.start()
-    deadline = time.monotonic() + 10
-    while tuner.trial is None and time.monotonic() < deadline:
-        time.sleep(0.005)
+    pipeline, tuner, stop, failure = tuner_in_a_trial()
     layout = pipeline.counts()
     stop.set()
     tuner.join(5)
