@@ -145,9 +145,7 @@ class NStepBuilder:
         ids = self._all if ids is None else np.asarray(ids)
         ts = self._t[ids]
         parts = [self._flush_group(ids[ts == T], T) for T in np.unique(ts) if T > 0]
-        if not parts:
-            return Transitions.concatenate([self._flush_group(ids[:0], 0)])
-        return Transitions.concatenate(parts)
+        return Transitions.concatenate(parts) if parts else self._flush_group(ids[:0], 0)
 
     def _flush_group(self, cols: np.ndarray, T: int) -> Transitions:
         """Flush envs `cols`, which all recorded `T` steps."""
