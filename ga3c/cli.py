@@ -56,6 +56,9 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_enum("cnn", n.cnn, ["ga3c", "nature"],
                       "CNN trunk for image observations: GA3C's or the larger Nature DQN.",
                       flag_values=fv)
+    flags.DEFINE_enum("init", n.init, ["orthogonal", "glorot"],
+                      "Kernel init of trunk and value head: orthogonal (gain sqrt(2) trunk, 1 "
+                      "value head, as OpenAI baselines / SB3) or Keras' glorot.", flag_values=fv)
     flags.DEFINE_integer("n_step", a.n_step, "Steps per n-step return (A3C t_max).", flag_values=fv)
     flags.DEFINE_float("gamma", a.gamma, "Discount factor.", flag_values=fv)
     flags.DEFINE_float("learning_rate", a.learning_rate, "RMSProp learning rate.", flag_values=fv)

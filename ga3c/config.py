@@ -55,6 +55,10 @@ class NetworkConfig:
     separate_towers: bool = True
     # CNN trunk for image observations: "ga3c" (GA3C's small net) or "nature" (Nature DQN).
     cnn: str = "ga3c"
+    # Kernel init of the trunk and value head: "orthogonal" (gain sqrt(2) trunk, 1 value head,
+    # as OpenAI baselines / SB3) or "glorot" (Keras' default). The policy head is always
+    # orthogonal with gain 0.01.
+    init: str = "orthogonal"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +154,7 @@ class Config:
         check(len(n.hidden) >= 1 and all(h >= 1 for h in n.hidden), "hidden", list(n.hidden),
               "one or more positive layer sizes")
         check(n.cnn in ("ga3c", "nature"), "cnn", n.cnn, "'ga3c' or 'nature'")
+        check(n.init in ("orthogonal", "glorot"), "init", n.init, "'orthogonal' or 'glorot'")
         check(a.n_step >= 1, "n_step", a.n_step, ">= 1")
         check(finite(a.gamma) and 0.0 < a.gamma <= 1.0, "gamma", a.gamma, "in (0, 1]")
         check(finite(a.learning_rate) and a.learning_rate > 0, "learning_rate", a.learning_rate, "> 0")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import layers
 
@@ -13,15 +15,31 @@ def build_network(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
     """The actor-critic network for these observations: an MLP for flat vectors, a CNN
     (`config.cnn`) for stacked frames shaped (height, width, stack)."""
     if len(obs_shape) == 3:
-        return build_cnn(obs_shape, obs_dtype, num_actions, config.cnn)
+        return build_cnn(obs_shape, obs_dtype, num_actions, config.cnn, config.init)
     return build_mlp(obs_shape, obs_dtype, num_actions, config)
 
 
-def _heads(features, num_actions: int):
+INITS = ("orthogonal", "glorot")
+
+
+def _kernel_init(init: str, gain: float):
+    """Kernel initializer of a layer: orthogonal with `gain` (as in OpenAI baselines and SB3:
+    sqrt(2) for ReLU/tanh trunk layers, 0.01 for the policy head, 1 for the value head), or
+    Keras' default glorot-uniform (gain ignored). Orthogonal keeps the features' scale through
+    the layers; glorot shrinks it (on Pong frames the CNN's dense features came out ~5x
+    smaller), and with RMSProp in its epsilon-bound regime every update shrinks with it."""
+    if init == "glorot":
+        return "glorot_uniform"
+    return keras.initializers.Orthogonal(gain)
+
+
+def _heads(features, num_actions: int, init: str):
     # Heads in float32 even under a mixed-precision policy: logits feed a log-softmax.
+    # The policy head always starts near uniform (orthogonal, gain 0.01).
     logits = layers.Dense(num_actions, name="logits", dtype="float32",
                           kernel_initializer=keras.initializers.Orthogonal(0.01))(features[0])
-    value = layers.Dense(1, name="value_head", dtype="float32")(features[1])
+    value = layers.Dense(1, name="value_head", dtype="float32",
+                         kernel_initializer=_kernel_init(init, 1.0))(features[1])
     value = layers.Reshape((), name="value", dtype="float32")(value)
     return {"logits": logits, "value": value}
 
@@ -36,7 +54,7 @@ CNN_TRUNKS = {
 
 
 def build_cnn(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
-              trunk: str) -> keras.Model:
+              trunk: str, init: str = "orthogonal") -> keras.Model:
     """CNN actor-critic for stacked frames (height, width, stack), e.g. Atari's (84, 84, 4).
 
     Frames travel the queues as uint8 and are scaled to [0, 1] inside the model; the policy
@@ -48,10 +66,11 @@ def build_cnn(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
     x = layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
     for i, (filters, kernel, stride, padding) in enumerate(convs):
         x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, activation="relu",
-                          name=f"conv{i}")(x)
+                          kernel_initializer=_kernel_init(init, math.sqrt(2)), name=f"conv{i}")(x)
     x = layers.Flatten(name="features")(x)
-    x = layers.Dense(dense, activation="relu", name="dense")(x)
-    return keras.Model(inputs, _heads((x, x), num_actions), name=f"ga3c_{trunk}_cnn")
+    x = layers.Dense(dense, activation="relu", kernel_initializer=_kernel_init(init, math.sqrt(2)),
+                     name="dense")(x)
+    return keras.Model(inputs, _heads((x, x), num_actions, init), name=f"ga3c_{trunk}_cnn")
 
 
 def build_mlp(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
@@ -70,9 +89,11 @@ def build_mlp(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
     def tower(prefix: str):
         h = x
         for i, units in enumerate(config.hidden):
-            h = layers.Dense(units, activation="tanh", name=f"{prefix}_dense{i}")(h)
+            h = layers.Dense(units, activation="tanh", name=f"{prefix}_dense{i}",
+                             kernel_initializer=_kernel_init(config.init, math.sqrt(2)))(h)
         return h
 
     pi_features = tower("pi" if config.separate_towers else "trunk")
     v_features = tower("v") if config.separate_towers else pi_features
-    return keras.Model(inputs, _heads((pi_features, v_features), num_actions), name="ga3c_mlp")
+    return keras.Model(inputs, _heads((pi_features, v_features), num_actions, config.init),
+                       name="ga3c_mlp")
