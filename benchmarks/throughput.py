@@ -364,10 +364,11 @@ def main(argv: list[str]) -> int:
     records, rows = [], []
     with tempfile.TemporaryDirectory(prefix="ga3c-throughput-") as tmp:
         for i, (combo, config) in enumerate(configs):
-            # The window decides when to stop, not the config's stop conditions.
+            # The window decides when to stop, not the config's stop conditions (and so a
+            # learning rate that decays towards them stays constant).
             config = config.replace(run__logdir=os.path.join(tmp, f"config{i}"),
                                     run__target_score=None, run__max_env_steps=0,
-                                    run__max_seconds=0.0)
+                                    run__max_seconds=0.0, algo__lr_schedule="constant")
             tuning = combo.get("autotune") == "true"
             label = " ".join(f"{k}={v}" for k, v in combo.items()) or "as given"
             best_layout = (max(records, key=lambda r: r["throughput"])["layout"]

@@ -20,7 +20,7 @@ import sys
 
 from absl import flags
 
-from ga3c.config import ENV_BACKENDS, Config
+from ga3c.config import ENV_BACKENDS, LR_SCHEDULES, Config
 from ga3c.errors import first_line
 
 PROG = "ga3c-train"
@@ -62,6 +62,9 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("n_step", a.n_step, "Steps per n-step return (A3C t_max).", flag_values=fv)
     flags.DEFINE_float("gamma", a.gamma, "Discount factor.", flag_values=fv)
     flags.DEFINE_float("learning_rate", a.learning_rate, "RMSProp learning rate.", flag_values=fv)
+    flags.DEFINE_enum("lr_schedule", a.lr_schedule, LR_SCHEDULES,
+                      "constant, or linear: decays to 0 at the run's end (--max_env_steps or "
+                      "--max_seconds, whichever comes first).", flag_values=fv)
     flags.DEFINE_float("rho", a.rho, "RMSProp decay.", flag_values=fv)
     flags.DEFINE_float("epsilon", a.epsilon, "RMSProp epsilon.", flag_values=fv)
     flags.DEFINE_float("rmsprop_init", a.rmsprop_init,
@@ -351,6 +354,8 @@ def evaluate_run(argv: list[str]) -> int:
         fv.logdir, f"eval-{os.path.basename(summary.checkpoint)}{env_part}-{fv.policy}.json")
     write_summary(summary, path)
     print(summary.table())
+    if summary.note:
+        print(summary.note)
     print(f"checkpoint {summary.checkpoint}; summary written to {path}")
     for video in summary.videos:
         print(f"video {video}")

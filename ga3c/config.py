@@ -16,6 +16,7 @@ from typing import Any
 
 
 ENV_BACKENDS = ("auto", "threads", "ale_vector")
+LR_SCHEDULES = ("constant", "linear")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,12 @@ class AlgoConfig:
     n_step: int = 5
     gamma: float = 0.98
     learning_rate: float = 4e-3
+    # "constant", or "linear": decays to 0 at the end of the run's budget, whichever of
+    # --max_env_steps (global env steps) and --max_seconds (this process's training) comes
+    # first, as OpenAI baselines' A2C decays over its total steps. Late in a run smaller steps
+    # keep a solved policy solved (CartPole at a constant 4e-3 swung between 500 and 90 after
+    # solving).
+    lr_schedule: str = "constant"
     rho: float = 0.99  # RMSProp decay
     # Added inside the square root, as in Keras 3 and TF1's RMSProp (GA3C used 0.1).
     epsilon: float = 1e-5
@@ -158,6 +165,11 @@ class Config:
         check(a.n_step >= 1, "n_step", a.n_step, ">= 1")
         check(finite(a.gamma) and 0.0 < a.gamma <= 1.0, "gamma", a.gamma, "in (0, 1]")
         check(finite(a.learning_rate) and a.learning_rate > 0, "learning_rate", a.learning_rate, "> 0")
+        check(a.lr_schedule in LR_SCHEDULES, "lr_schedule", a.lr_schedule,
+              " or ".join(repr(x) for x in LR_SCHEDULES))
+        check(a.lr_schedule != "linear" or r.max_env_steps > 0 or r.max_seconds > 0,
+              "lr_schedule", a.lr_schedule,
+              "'constant' unless --max_env_steps or --max_seconds sets the run's end")
         check(finite(a.rho) and 0.0 <= a.rho < 1.0, "rho", a.rho, "in [0, 1)")
         check(finite(a.epsilon) and a.epsilon > 0, "epsilon", a.epsilon, "> 0")
         check(finite(a.rmsprop_init) and a.rmsprop_init >= 0, "rmsprop_init", a.rmsprop_init,
@@ -194,6 +206,16 @@ class Config:
               r.log_every_seconds, "> 0")
         check(r.tf_threads >= 0, "tf_threads", r.tf_threads, ">= 0 (0: TensorFlow decides)")
         return problems
+
+    def learning_rate_at(self, env_steps: int, seconds: float) -> float:
+        """The learning rate after `env_steps` global env steps and `seconds` of this
+        process's training, under `algo.lr_schedule`."""
+        a, r = self.algo, self.run
+        if a.lr_schedule == "constant":
+            return a.learning_rate
+        progress = max(env_steps / r.max_env_steps if r.max_env_steps else 0.0,
+                       seconds / r.max_seconds if r.max_seconds else 0.0)
+        return a.learning_rate * max(0.0, 1.0 - progress)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

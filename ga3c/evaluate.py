@@ -16,7 +16,7 @@ import numpy as np
 
 from ga3c.agent import sample_actions
 from ga3c.config import Config
-from ga3c.envs import EnvError, inspect_env, make_single_env
+from ga3c.envs import EnvError, env_backend, inspect_env, make_single_env, make_vector_env
 from ga3c.errors import first_line
 
 
@@ -27,6 +27,7 @@ class EvalError(Exception):
 @dataclasses.dataclass
 class EvalSummary:
     env: str
+    backend: str  # how the episodes were stepped: "ale_vector" or "threads" (gymnasium)
     checkpoint: str
     policy: str
     episodes: int
@@ -38,12 +39,14 @@ class EvalSummary:
     returns: list[float]
     lengths: list[int]
     videos: list[str]
+    note: str = ""
 
     def table(self) -> str:
-        return (f"{'env':<14}{'policy':<8}{'episodes':>9}{'mean':>10}{'std':>9}{'min':>9}"
-                f"{'max':>9}{'length':>9}\n"
-                f"{self.env:<14}{self.policy:<8}{self.episodes:>9}{self.mean:>10.2f}"
-                f"{self.std:>9.2f}{self.min:>9.2f}{self.max:>9.2f}{self.mean_length:>9.1f}")
+        return (f"{'env':<14}{'backend':<11}{'policy':<8}{'episodes':>9}{'mean':>10}{'std':>9}"
+                f"{'min':>9}{'max':>9}{'length':>9}\n"
+                f"{self.env:<14}{self.backend:<11}{self.policy:<8}{self.episodes:>9}"
+                f"{self.mean:>10.2f}{self.std:>9.2f}{self.min:>9.2f}{self.max:>9.2f}"
+                f"{self.mean_length:>9.1f}")
 
 
 def load_run_config(logdir: str) -> Config:
@@ -119,6 +122,73 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
     except Exception as exc:  # noqa: BLE001 - any failure means "cannot evaluate it"
         raise EvalError(f"cannot restore checkpoint {path}: {first_line(exc)}") from None
 
+    def act(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        logits, _ = learner.predict(np.asarray(obs, spec.obs_dtype))
+        return np.argmax(logits, axis=1) if policy == "greedy" else sample_actions(logits, rng)
+
+    rng = np.random.default_rng(seed)
+    if video_dir:
+        returns, lengths = _play_recorded(env_id, env_config, episodes, seed, video_dir, act, rng)
+        backend = "threads"  # gymnasium's envs render the screen; see the docstring
+        note = ("" if env_backend(run_env, config.env) != "ale_vector" else
+                "note: with --video_dir the episodes are played through gymnasium's Atari "
+                "preprocessing (opencv), not ale-py's C++ one this run trained on; without "
+                "--video_dir they are played on the training backend")
+    else:
+        # The run's own backend (ale-py's C++ preprocessing for ale_vector runs): the policy
+        # sees exactly the frames it was trained on.
+        env_config = dataclasses.replace(env_config, env_backend=(
+            config.env.env_backend if env_id == run_env else "auto"), ale_batch_size=0)
+        backend, note = env_backend(env_id, env_config), ""
+        returns, lengths = play_vector(env_id, env_config, episodes, seed, act, rng)
+    # RecordVideo names them eval-episode-<i>.mp4; list exactly this evaluation's.
+    videos = [os.path.join(video_dir, f"eval-episode-{i}.mp4") for i in range(episodes)
+              ] if video_dir else []
+    videos = [v for v in videos if os.path.exists(v)]
+    r = np.array(returns)
+    return EvalSummary(env=env_id, backend=backend, checkpoint=path, policy=policy,
+                       episodes=episodes,
+                       mean=float(r.mean()), std=float(r.std()), min=float(r.min()),
+                       max=float(r.max()), mean_length=float(np.mean(lengths)),
+                       returns=returns, lengths=lengths, videos=videos, note=note)
+
+
+# Most envs stepped at once by `play_vector` (more episodes are played in waves).
+MAX_EVAL_ENVS = 64
+
+
+def play_vector(env_id: str, env_config, episodes: int, seed: int, act, rng
+                ) -> tuple[list[float], list[int]]:
+    """Play `episodes` whole episodes as a vector: waves of up to MAX_EVAL_ENVS envs, each env
+    playing exactly one episode per wave (seeds seed, seed+1, ...), so no env's short episodes
+    are over-represented. Returns each episode's return and length, in seed order."""
+    returns: list[float] = []
+    lengths: list[int] = []
+    while len(returns) < episodes:
+        n = min(MAX_EVAL_ENVS, episodes - len(returns))
+        vec = make_vector_env(env_id, n, env_config)
+        try:
+            obs, _ = vec.reset(seed=seed + len(returns))
+            total, length = np.zeros(n), np.zeros(n, dtype=np.int64)
+            playing = np.ones(n, dtype=bool)
+            while playing.any():
+                obs, reward, terminated, truncated, _ = vec.step(act(obs, rng))
+                total += np.where(playing, reward, 0.0)
+                length += playing
+                playing &= ~(np.asarray(terminated) | np.asarray(truncated))
+        finally:
+            vec.close()
+        returns += total.tolist()
+        lengths += length.tolist()
+    return returns, lengths
+
+
+def _play_recorded(env_id: str, env_config, episodes: int, seed: int, video_dir: str, act, rng
+                   ) -> tuple[list[float], list[int]]:
+    """Play episodes one at a time through gymnasium, recording the real screen: ale-py's
+    vector env renders no screen, so for Atari these episodes see gymnasium's (opencv)
+    preprocessing, not the C++ one an ale_vector run trained on."""
+
     def record_video(env: gym.Env) -> gym.Env:
         # Fail before playing if the env cannot render (e.g. pygame missing).
         try:
@@ -135,19 +205,14 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
             return gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True,
                                             name_prefix="eval", disable_logger=True)
 
-    env = make_single_env(env_id, env_config, render_mode="rgb_array" if video_dir else None,
-                          wrap_raw=record_video if video_dir else None)
-    rng = np.random.default_rng(seed)
+    env = make_single_env(env_id, env_config, render_mode="rgb_array", wrap_raw=record_video)
     returns, lengths = [], []
     try:
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed + episode)
             total, length, done = 0.0, 0, False
             while not done:
-                logits, _ = learner.predict(np.asarray(obs, spec.obs_dtype)[None])
-                action = (np.argmax(logits, axis=1) if policy == "greedy"
-                          else sample_actions(logits, rng))[0]
-                obs, reward, terminated, truncated, _ = env.step(int(action))
+                obs, reward, terminated, truncated, _ = env.step(int(act(obs[None], rng)[0]))
                 total += float(reward)
                 length += 1
                 done = terminated or truncated
@@ -155,15 +220,7 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
             lengths.append(length)
     finally:
         env.close()
-    # RecordVideo names them eval-episode-<i>.mp4; list exactly this evaluation's.
-    videos = [os.path.join(video_dir, f"eval-episode-{i}.mp4") for i in range(episodes)
-              ] if video_dir else []
-    videos = [v for v in videos if os.path.exists(v)]
-    r = np.array(returns)
-    return EvalSummary(env=env_id, checkpoint=path, policy=policy, episodes=episodes,
-                       mean=float(r.mean()), std=float(r.std()), min=float(r.min()),
-                       max=float(r.max()), mean_length=float(np.mean(lengths)),
-                       returns=returns, lengths=lengths, videos=videos)
+    return returns, lengths
 
 
 def write_summary(summary: EvalSummary, path: str) -> None:

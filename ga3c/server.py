@@ -298,6 +298,9 @@ class Server:
         next_ckpt = t0 + run.checkpoint_every_seconds
         while not self.stop.wait(POLL_SECONDS):
             now = time.monotonic()
+            if self.config.algo.lr_schedule != "constant":
+                self.learner.optimizer.learning_rate.assign(
+                    self.config.learning_rate_at(stats.env_steps, now - t0))
             if run.max_env_steps and stats.env_steps >= run.max_env_steps:
                 self.request_stop(f"reached --max_env_steps={run.max_env_steps:,}")
             elif run.max_seconds and now - t0 >= run.max_seconds:
@@ -335,6 +338,7 @@ class Server:
             "progress/episodes": w.total_episodes,
             "progress/train_seconds": self.stats.train_seconds(),
             "system/rss_mib": w.rss_mib,
+            "loss/learning_rate": float(self.learner.optimizer.learning_rate.numpy()),
         }
         for knob, count in self.pipeline.counts().items():
             scalars[f"pipeline/{knob}"] = count

@@ -190,7 +190,14 @@ def test_atari_cfgs_train_through_the_cli(tmp_path, cfg, extra):
     assert "train/s" in proc.stdout
 
 
-def test_eval_plays_a_trained_pong_run_with_a_video_of_the_real_screen(tmp_path, capsys):
+def test_eval_plays_a_trained_pong_run_on_its_backend_and_a_video_of_the_real_screen(
+        tmp_path, capsys, monkeypatch):
+    """Without video, episodes are played on the training backend (ale-py's C++ vector env:
+    its frames are not pixel-equal to gymnasium's opencv ones); with --video_dir through
+    gymnasium, which renders the real screen, and the console says so."""
+    from ale_py.vector_env import AtariVectorEnv
+
+    import ga3c.evaluate
     from ga3c.cli import eval_main
 
     logdir = tmp_path / "pong"
@@ -198,8 +205,23 @@ def test_eval_plays_a_trained_pong_run_with_a_video_of_the_real_screen(tmp_path,
                    "--envs_per_agent=4", "--min_train_batch=16", "--max_env_steps=200",
                    "--max_episode_frames=600", timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    videos = tmp_path / "videos"
+    made = []
+    real_make_vector_env = ga3c.evaluate.make_vector_env
+
+    def spy(*args, **kwargs):
+        made.append(real_make_vector_env(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(ga3c.evaluate, "make_vector_env", spy)
     capsys.readouterr()
+    assert eval_main([f"--logdir={logdir}", "--episodes=3", f"--json={tmp_path / 'e.json'}"]) == 0
+    played = json.loads((tmp_path / "e.json").read_text())
+    assert played["backend"] == "ale_vector" and len(played["returns"]) == 3
+    assert [type(v.unwrapped).__name__ for v in made] == [AtariVectorEnv.__name__]
+    assert made[0].num_envs == 3  # the episodes as one vector
+    assert all(140 <= n <= 150 for n in played["lengths"])  # ale-py: cap counted after no-ops
+    assert "note:" not in capsys.readouterr().out
+    videos = tmp_path / "videos"
     code = eval_main([f"--logdir={logdir}", "--episodes=1", f"--video_dir={videos}",
                       f"--json={tmp_path / 'eval.json'}"])
     out = capsys.readouterr()
@@ -208,6 +230,7 @@ def test_eval_plays_a_trained_pong_run_with_a_video_of_the_real_screen(tmp_path,
     # The run's frame cap applies: 600 frames = 150 agent steps of 4 frames, less the
     # up-to-30 no-op frames and the FIRE step of the reset.
     assert summary["env"] == "ALE/Pong-v5" and 140 <= summary["lengths"][0] < 150
+    assert summary["backend"] == "threads" and "gymnasium's Atari preprocessing" in out.out
     [video] = summary["videos"]
     clip = pytest.importorskip("moviepy").VideoFileClip(video)
     try:

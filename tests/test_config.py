@@ -52,14 +52,15 @@ def test_cartpole_cfg_sets_its_stop_conditions():
     assert c.run.max_seconds > 0
 
 
-def test_atari_cfgs_follow_the_rl_zoo_a2c_settings_and_the_min_batch_advice():
+def test_atari_cfgs_follow_the_baselines_a2c_settings_and_the_min_batch_advice():
     for name, game, lives in [("pong.cfg", "ALE/Pong-v5", False),
                               ("breakout.cfg", "ALE/Breakout-v5", True)]:
         c = parse_config([f"--flagfile={CONFIG_DIR / name}"])
         assert c.validate() == []
         assert (c.env.env_id, c.env.episodic_life, c.env.clip_rewards) == (game, lives, True)
         assert c.env.env_backend == "ale_vector" and c.env.repeat_action_probability == 0
-        assert (c.algo.learning_rate, c.algo.gamma, c.algo.value_coef) == (7e-4, 0.99, 0.25)
+        assert (c.algo.learning_rate, c.algo.gamma, c.algo.value_coef) == (7e-4, 0.99, 0.5)
+        assert (c.network.cnn, c.network.init) == ("nature", "orthogonal")
         assert (c.algo.rmsprop_init, c.algo.normalize_advantages) == (1.0, False)
         # GA3C's maintainers (#22): a training batch below 20-40 was unstable.
         assert c.pipeline.min_train_batch >= 40
@@ -286,3 +287,31 @@ def test_every_config_field_has_a_flag_and_every_flag_a_field():
         want = defaults[name]
         got = fv[name].default
         assert (list(map(str, want)) if name == "hidden" else want) == got, name
+
+
+@pytest.mark.parametrize("steps, seconds, max_steps, max_seconds, expected", [
+    # constant-rate runs are covered by "constant" below; linear decays to 0 at the first limit
+    (0, 0.0, 1000, 0.0, 1.0),
+    (250, 0.0, 1000, 0.0, 0.75),
+    (1000, 0.0, 1000, 0.0, 0.0),
+    (5000, 0.0, 1000, 0.0, 0.0),  # past the end (a resumed run): stays at 0
+    (0, 15.0, 0, 60.0, 0.75),
+    (500, 15.0, 1000, 60.0, 0.5),  # steps are further along than seconds: steps decide
+    (100, 45.0, 1000, 60.0, 0.25),  # and the other way round
+])
+def test_linear_learning_rate_reaches_zero_at_the_first_limit(steps, seconds, max_steps,
+                                                               max_seconds, expected):
+    c = Config().replace(algo__lr_schedule="linear", algo__learning_rate=2.0,
+                         run__max_env_steps=max_steps, run__max_seconds=max_seconds)
+    assert c.validate() == []
+    assert c.learning_rate_at(steps, seconds) == pytest.approx(2.0 * expected)
+
+
+def test_constant_learning_rate_and_linear_needs_an_end():
+    c = Config().replace(algo__learning_rate=0.3, run__max_env_steps=100)
+    assert [c.learning_rate_at(s, t) for s, t in [(0, 0), (100, 9.0), (10**9, 1e9)]] == [0.3] * 3
+    problems = Config().replace(algo__lr_schedule="linear").validate()
+    assert len(problems) == 1 and problems[0].startswith("lr_schedule='linear'")
+    assert "max_env_steps" in problems[0]
+    assert any(p.startswith("lr_schedule='cosine'")
+               for p in Config().replace(algo__lr_schedule="cosine").validate())

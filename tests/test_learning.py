@@ -1,7 +1,8 @@
-"""Seeded learning runs through the real CLI and the real configs/cartpole.cfg.
+"""Seeded learning runs through the real CLI and the real configs.
 
 The default run checks that CartPole clearly learns (mean of the last 100 episodes >= 150;
-a random policy scores ~22). The `slow` test checks that it is solved (>= 475).
+a random policy scores ~22). The `slow` tests check that it is solved (>= 475), and that the
+CNN path with the Atari settings of configs/pong.cfg learns a pixel game (Catch).
 Threads make runs non-deterministic even with a fixed seed, so the bars have headroom.
 """
 
@@ -40,3 +41,22 @@ def test_cartpole_solves(tmp_path, seed):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "solved: mean of last 100 episodes" in proc.stdout, proc.stdout[-3000:]
     assert best_mean100(logdir) >= 475
+
+
+@pytest.mark.slow
+def test_the_pong_settings_learn_catch_from_pixels(tmp_path):
+    """configs/pong.cfg (Nature CNN, its init, loss and optimizer, 2 agents x 16 envs) on
+    Catch drawn as 84x84x4 uint8 frames (tests/catch_env.py), for at most 2 minutes. Two
+    overrides, both about time scale: the RMSProp accumulator starts at 0, not TF1's 1 (from 1
+    the first ~1,000 updates are tiny: a 2-minute run makes ~1,000-1,500), and the env. A
+    policy that ignores the frames scores about -0.7; the bar is +0.5."""
+    from tests.catch_env import uniform_policy_score
+
+    assert uniform_policy_score(2000) < -0.5  # the bar is out of a blind policy's reach
+    logdir = str(tmp_path / "catch")
+    proc = run_cli("--flagfile=configs/pong.cfg", "--env=tests.catch_env:Catch84-v0",
+                   "--env_backend=auto", "--rmsprop_init=0", f"--logdir={logdir}", "--seed=0",
+                   "--target_score=0.5", "--max_env_steps=80000", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "solved: mean of last 100 episodes" in proc.stdout, proc.stdout[-3000:]
+    assert best_mean100(logdir) >= 0.5

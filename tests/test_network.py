@@ -61,3 +61,29 @@ def test_learner_trains_the_cnn_on_uint8_frames():
                         np.ones(5, np.float32), np.zeros(5, np.int64))
     metrics = learner.train(batch)
     assert np.isfinite(metrics.loss) and learner.version == 1
+
+
+def _feature_rms(init, trunk="nature"):
+    keras.utils.set_random_seed(0)
+    model = build_network(ATARI, "uint8", 6, NetworkConfig(cnn=trunk, init=init))
+    frames = np.random.default_rng(1).integers(0, 256, (16, *ATARI), dtype=np.uint8)
+    dense = keras.Model(model.inputs[0], model.get_layer("dense").output)
+    return float(np.sqrt(np.mean(np.square(np.asarray(dense(frames))))))
+
+
+@pytest.mark.parametrize("trunk", ["ga3c", "nature"])
+def test_orthogonal_init_keeps_the_feature_scale_that_glorot_shrinks(trunk):
+    """Orthogonal init with gain sqrt(2) (baselines, SB3) keeps ReLU features at the input's
+    scale; Keras' glorot default shrinks them layer by layer, and with RMSProp in its
+    epsilon-bound regime every update shrinks with them (the Pong run that did not learn)."""
+    ortho, glorot = _feature_rms("orthogonal", trunk), _feature_rms("glorot", trunk)
+    assert ortho > 2.5 * glorot, (ortho, glorot)
+
+
+def test_orthogonal_init_gains_per_layer():
+    model = build_network(ATARI, "uint8", 6, NetworkConfig(cnn="nature", init="orthogonal"))
+    for name, gain in [("conv2", np.sqrt(2)), ("dense", np.sqrt(2)), ("value_head", 1.0),
+                       ("logits", 0.01)]:
+        w = np.asarray(model.get_layer(name).kernel).reshape(-1, model.get_layer(name).kernel.shape[-1])
+        # Orthogonal columns (fan_in >= units): W^T W = gain^2 I.
+        np.testing.assert_allclose(w.T @ w, gain ** 2 * np.eye(w.shape[1]), atol=1e-4 * max(1, gain ** 2))
