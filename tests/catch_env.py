@@ -72,4 +72,3 @@ def uniform_policy_score(episodes: int = 20_000, seed: int = 0, rows: int = SIZE
 
 
 gym.register("Catch84-v0", entry_point=Catch84)
-gym.register("Catch84Tall-v0", entry_point=Catch84, kwargs={"rows": 21})
