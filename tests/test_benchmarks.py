@@ -67,3 +67,24 @@ def test_solve_point_finds_the_first_window_at_target(tmp_path):
     # mean of the last 100 >= 475 first when 75 of them are 500: the 175th episode (index 174)
     assert (wall, steps) == (17.4, 17500)
     assert solve_point(str(path), window=100, target=501.0)[:2] == (None, None)
+
+
+def test_learning_table_from_a_hand_made_run(tmp_path):
+    from learning_table import first_reach, table
+
+    from ga3c.plot import read_episodes
+
+    # A run killed after its checkpoint at 610 steps wrote a game at 700; it resumed from 610.
+    rows = [(60, 100, -21), (120, 250, -20), (180, 420, -19), (240, 610, -10), (300, 650, 5),
+            (330, 1000, 7)]
+    text = "wall_time,env_steps,episode_return,episode_length\n" + "".join(
+        f"{t},{s},{r},10\n" for t, s, r in rows[:4]) + "250,700,99,10\n" + "".join(
+        f"{t},{s},{r},10\n" for t, s, r in rows[4:])
+    (tmp_path / "episodes.csv").write_text(text)
+    ep = read_episodes(str(tmp_path))
+    assert list(ep["episode_return"]) == [-21, -20, -19, -10, 5, 7]  # 99 was superseded
+    lines = table(ep, every=500, window=2, frames_per_step=4)
+    # At 500 steps: games ending at 100, 250, 420 -> last two -20, -19; at 1,000: all six.
+    assert lines[2:] == ["| 500 | 0.0M | 3 min | 3 | -19.50 | -19 |",
+                         "| 1,000 | 0.0M | 6 min | 6 | 6.00 | 7 |"]
+    assert first_reach(ep, 2, -10) == 4 and first_reach(ep, 2, 10) is None
