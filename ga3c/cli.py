@@ -457,7 +457,13 @@ def plot(argv: list[str]) -> int:
 def entry_point() -> None:
     global _signals
     _signals = StopSignals().install()  # first: a signal during start-up must count too
-    sys.exit(main())
+    code = main()
+    # Everything is on disk now (checkpoint, policy.keras, episodes.csv and TensorBoard files
+    # closed): skip the interpreter's and TensorFlow's teardown, which takes a second (several
+    # on a busy machine) and would count against a prompt stop.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def eval_entry_point() -> None:
