@@ -31,7 +31,7 @@ from ga3c.agent import Agent
 from ga3c.autotune import Autotuner
 from ga3c.config import Config
 from ga3c.envs import EnvSpec, make_agent_envs
-from ga3c.errors import CheckpointWriteError, RunError, first_line
+from ga3c.errors import RunError, WriteError, first_line, write_error_reason
 from ga3c.learner import Learner
 from ga3c.predictor import PredictorGroup
 from ga3c.stats import Stats, Window, read_recent_returns
@@ -80,7 +80,7 @@ class Checkpointer:
     def save(self, stats: Stats, learner: Learner) -> str:
         """Write a checkpoint numbered by the env-step count; its path. Nothing is written
         when the latest checkpoint already holds these counts (e.g. a stop before any
-        training). A failed write raises CheckpointWriteError after removing what it left."""
+        training). A failed write raises WriteError after removing what it left."""
         number, updates = stats.env_steps, learner.version
         if self.latest and self._saved_counts == (number, updates):
             return self.latest
@@ -91,8 +91,8 @@ class Checkpointer:
         except Exception as exc:  # noqa: BLE001 - OSError, tf.errors.*: the disk said no
             prefix = os.path.join(self.manager.directory, f"ckpt-{number}")
             self._remove_unfinished(prefix)
-            raise CheckpointWriteError(f"cannot write checkpoint {prefix}: {first_line(exc)}; "
-                                       f"{self.latest_note()}") from exc
+            raise WriteError(f"cannot write checkpoint {prefix}: {write_error_reason(exc)}; "
+                             f"{self.latest_note()}") from exc
         self._saved_counts = (number, updates)
         return path
 
@@ -327,8 +327,13 @@ class Server:
                 log("autotune: final layout " + " ".join(
                     f"{k}={v}" for k, v in self.pipeline.counts().items())
                     + (f" (stopped during the trial {trial})" if trial else ""))
-            stats.close()
-            writer.close()
+            for close, what in ((stats.close, "episodes.csv"), (writer.close, "tb/")):
+                try:  # a full disk can fail these too: reported, after what failed first
+                    close()
+                except Exception as exc:  # noqa: BLE001
+                    self.failure.record(threading.current_thread().name, WriteError(
+                        f"cannot write {os.path.join(self.logdir, what)}: "
+                        f"{write_error_reason(exc)}"))
         if self.failure:
             return self._report_failure()
         if stuck:
@@ -391,7 +396,7 @@ class Server:
         """A checkpoint (model, optimizer, counters) and policy.keras; the checkpoint's path.
 
         Model updates wait meanwhile, so both hold one model version, checked to be finite
-        first: NonFiniteError or CheckpointWriteError, and nothing written, if not."""
+        first: NonFiniteError, and nothing written, if not; WriteError if a write fails."""
         with self.learner.paused():
             self.learner.check_finite()
             latest = self.checkpointer.latest
@@ -400,9 +405,10 @@ class Server:
                 try:
                     self.learner.save_policy(self.policy_path)
                 except Exception as exc:  # noqa: BLE001 - OSError, h5py/zip errors
-                    raise CheckpointWriteError(
-                        f"cannot write {self.policy_path}: {first_line(exc)}; the previous one "
-                        f"is unchanged and {self.checkpointer.latest_note()}") from exc
+                    raise WriteError(
+                        f"cannot write {self.policy_path}: {write_error_reason(exc)}; the "
+                        f"previous one is unchanged and {self.checkpointer.latest_note()}"
+                    ) from exc
         return path
 
     def _report(self, w: Window, writer) -> None:
