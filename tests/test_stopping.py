@@ -1,7 +1,7 @@
 """Never lose a run, in-process: divergence stops before anything non-finite is saved, and a
 checkpoint or policy.keras that cannot be written stops the run with one line, leaving the
 previous checkpoint the latest and restorable. (Signals and kill -9, which need a real
-process, are in test_cli.py and test_signals_slow.py.)"""
+process, are in test_cli.py and test_signals.py.)"""
 
 from __future__ import annotations
 
