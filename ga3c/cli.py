@@ -263,7 +263,8 @@ class StopSignals:
 
     def install(self) -> StopSignals:
         # stderr as it is now: TensorFlow's import points fd 2 at /dev/null for a while.
-        self._stderr = os.dup(2)
+        with contextlib.suppress(OSError):  # (no fd 2 at all: then messages are lost)
+            self._stderr = os.dup(2)
         signal.signal(signal.SIGINT, self._handle)
         signal.signal(signal.SIGTERM, self._handle)
         return self
@@ -461,8 +462,9 @@ def entry_point() -> None:
     # Everything is on disk now (checkpoint, policy.keras, episodes.csv and TensorBoard files
     # closed): skip the interpreter's and TensorFlow's teardown, which takes a second (several
     # on a busy machine) and would count against a prompt stop.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # e.g. a closed pipe: nothing to do
+            stream.flush()
     os._exit(code)
 
 

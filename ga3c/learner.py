@@ -4,7 +4,7 @@ Predictor threads call `predict`; optimizer threads call `train`. Both are `tf.f
 a fixed input signature whose batch dimension is `None`, so every batch size uses the same
 trace (`trace_counts()` lets tests prove it). The optimizer threads update the shared
 variables without a lock, as GA3C and Hogwild do; only a checkpoint write (`paused()`) holds
-them off for its duration.
+them off, for the tens of milliseconds it takes.
 
 A run that diverges stops instead of training on and saving NaN: every train step's loss
 terms and gradient norm are checked (five floats the step returns anyway: free), and the
@@ -264,12 +264,14 @@ class Learner:
         return (self._predict.experimental_get_tracing_count(),
                 self._train.experimental_get_tracing_count())
 
-    def save_policy(self, path: str) -> None:
+    def save_policy(self, path: str, before_replace=lambda: None) -> None:
         """Write the model as a `.keras` file atomically (for `ga3c-eval` and other tools):
-        a failed write leaves the previous file as it was and no temporary file behind."""
+        to a temporary file, then `before_replace()` (which may raise to keep the previous
+        file), then renamed over `path`. A failure leaves no temporary file behind."""
         tmp = path + ".tmp.keras"
         try:
             self.model.save(tmp)
+            before_replace()
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):

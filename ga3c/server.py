@@ -5,11 +5,11 @@ is the reverse. The main thread watches the stop conditions, failures, logging a
 checkpoints; it never blocks for longer than `POLL_SECONDS`.
 
 Nothing non-finite is ever saved and a failed write never replaces a good checkpoint: a save
-pauses the model updates, checks the weights (`Learner.check_finite`), then writes the
-checkpoint (TensorFlow writes its files first and the `checkpoint` state file that names the
-latest one last, atomically) and `policy.keras` (temporary file + rename). A divergence or a
-failed write stops the run with one line on stderr and exit code 1; the latest checkpoint is
-then still the last good one.
+pauses the model updates, checks the weights (`Learner.check_finite`), writes the checkpoint
+(TensorFlow writes its files first and the `checkpoint` state file that names the latest one
+last, atomically), then `policy.keras` (temporary file, checked again, renamed). A divergence
+or a failed write stops the run with one line on stderr and exit code 1; the latest
+checkpoint is then still the last good one.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ga3c.agent import Agent
 from ga3c.autotune import Autotuner
 from ga3c.config import Config
 from ga3c.envs import EnvSpec, make_agent_envs
-from ga3c.errors import RunError, WriteError, first_line, write_error_reason
+from ga3c.errors import NonFiniteError, RunError, WriteError, first_line, write_error_reason
 from ga3c.learner import Learner
 from ga3c.predictor import PredictorGroup
 from ga3c.stats import Stats, Window, read_recent_returns
@@ -380,7 +380,8 @@ class Server:
         diverged = self.learner.nonfinite or self.learner.nonfinite_weights()
         if diverged or isinstance(exc, RunError):
             if diverged:
-                message = f"{diverged}: stopped without saving; {self.checkpointer.latest_note()}"
+                note = self.checkpointer.latest_note()
+                message = f"{diverged}: stopped without saving it; {note}"
                 if self.checkpointer.on_disk_latest():
                     message += (" (the same command, e.g. with a lower --learning_rate, "
                                 "resumes from it)")
@@ -395,20 +396,27 @@ class Server:
     def _save(self) -> str:
         """A checkpoint (model, optimizer, counters) and policy.keras; the checkpoint's path.
 
-        Model updates wait meanwhile, so both hold one model version, checked to be finite
-        first: NonFiniteError, and nothing written, if not; WriteError if a write fails."""
+        NonFiniteError, and nothing written, if a weight is not finite; WriteError if a
+        write fails. Model updates wait while the weights are checked and the checkpoint is
+        written (tens of ms), so it holds the version that was checked. policy.keras is
+        written after, with updates running, and renamed into place only if the weights are
+        still finite then: a non-finite weight stays non-finite (every later step computes
+        NaN from it), so finite after the write means finite during it.
+        """
         with self.learner.paused():
             self.learner.check_finite()
             latest = self.checkpointer.latest
             path = self.checkpointer.save(self.stats, self.learner)
-            if path != latest or not os.path.exists(self.policy_path):
-                try:
-                    self.learner.save_policy(self.policy_path)
-                except Exception as exc:  # noqa: BLE001 - OSError, h5py/zip errors
-                    raise WriteError(
-                        f"cannot write {self.policy_path}: {write_error_reason(exc)}; the "
-                        f"previous one is unchanged and {self.checkpointer.latest_note()}"
-                    ) from exc
+        if path != latest or not os.path.exists(self.policy_path):
+            try:
+                self.learner.save_policy(self.policy_path,
+                                         before_replace=self.learner.check_finite)
+            except NonFiniteError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - OSError, h5py/zip errors
+                raise WriteError(
+                    f"cannot write {self.policy_path}: {write_error_reason(exc)}; the "
+                    f"previous one is unchanged and {self.checkpointer.latest_note()}") from exc
         return path
 
     def _report(self, w: Window, writer) -> None:

@@ -219,6 +219,41 @@ def test_save_refuses_non_finite_weights_and_writes_nothing(tmp_path):
     assert server.checkpointer.on_disk_latest() == first
 
 
+def test_weights_going_non_finite_while_policy_keras_is_written_keep_the_old_one(tmp_path,
+                                                                                  monkeypatch):
+    """policy.keras is written while updates run again: if they made the weights NaN
+    meanwhile, the new file is not renamed into place (the checkpoint before it was checked
+    under the pause, and stays)."""
+    import keras
+
+    logdir = str(tmp_path / "run")
+    server = make_server(logdir)
+    os.makedirs(logdir)
+    server.stats = Stats(None, 1000, 10)
+    server._save()
+    old_policy = files(logdir)["policy.keras"]
+    real_save = keras.Model.save
+
+    def save_while_diverging(model, path, *args, **kwargs):
+        real_save(model, path, *args, **kwargs)
+        kernel = server.learner.model.trainable_variables[0]
+        kernel.assign(tf.fill(kernel.shape, float("inf")))  # a trainer's update meanwhile
+
+    monkeypatch.setattr(keras.Model, "save", save_while_diverging)
+    server.stats = Stats(None, 2000, 20)
+    with pytest.raises(NonFiniteError, match="non-finite weights"):
+        server._save()
+    after = files(logdir)
+    assert after["policy.keras"] == old_policy
+    assert not [name for name in after if ".tmp" in name]
+    latest = server.checkpointer.on_disk_latest()
+    assert latest.endswith("ckpt-2000")  # written before the weights went bad: finite
+    reader = tf.train.load_checkpoint(latest)
+    for name in reader.get_variable_to_shape_map():
+        value = np.asarray(reader.get_tensor(name))
+        assert value.dtype.kind != "f" or np.isfinite(value).all(), name
+
+
 def test_save_with_nothing_new_rewrites_nothing(tmp_path):
     logdir = str(tmp_path / "run")
     server = make_server(logdir)
