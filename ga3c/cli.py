@@ -6,12 +6,14 @@
 
 Flags after `--flagfile` override the file. The flags become one frozen `Config`; a bad
 flag, flagfile, value, env id, logdir or checkpoint ends the program with one line on stderr
-and exit code 2. SIGINT/SIGTERM stop training cleanly (final checkpoint, exit 0); a second
-signal exits at once.
+and exit code 2. `ga3c-train` handles SIGINT/SIGTERM from its first line on (see
+`StopSignals`): before training starts they end it at once (exit 130/143, logdir untouched),
+during training they stop it cleanly (final checkpoint, exit 0); a second signal exits at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -171,8 +173,14 @@ def wants_help(argv: list[str]) -> bool:
     return any(a in ("-h", "--help", "-help", "--helpfull") for a in argv)
 
 
-def check_writable_dir(directory: str, what: str = "logdir") -> None:
-    """Create `directory` if needed and prove a file can be written there; else BadInput."""
+def check_writable_dir(directory: str, what: str = "logdir") -> list[str]:
+    """Create `directory` if needed and prove a file can be written there; else BadInput.
+    Returns the directories it created, outermost first."""
+    created = []
+    parent = os.path.abspath(directory)
+    while not os.path.exists(parent):
+        created.insert(0, parent)
+        parent = os.path.dirname(parent)
     try:
         os.makedirs(directory, exist_ok=True)
         probe = os.path.join(directory, f".ga3c-write-test-{os.getpid()}")
@@ -181,6 +189,7 @@ def check_writable_dir(directory: str, what: str = "logdir") -> None:
         os.remove(probe)
     except OSError as exc:
         raise BadInput(f"{what} {directory!r} is not writable: {exc.strerror or exc}") from None
+    return created
 
 
 def describe(config: Config) -> str:
@@ -230,20 +239,85 @@ def _configure_tf(tf, intra_op_threads: int) -> None:
     tf.config.list_logical_devices()
 
 
-def _install_signals(server) -> None:
-    received = []
+class StopSignals:
+    """SIGINT and SIGTERM for `ga3c-train`, installed as its first action.
 
-    def handler(signum, _frame):
+    The handlers replace whatever the process inherited, SIG_IGN included: a POSIX shell
+    starts background jobs with SIGINT ignored, and a supervisor's SIGINT must still count.
+    Python runs them in the main thread between bytecodes (TensorFlow's import and the model
+    build are mostly Python, so within a fraction of a second).
+
+    - Before `hand_over(server)` (flags, env check, TensorFlow import, model build, restore):
+      the process ends at once with 128 + the signal number (130 SIGINT, 143 SIGTERM), and
+      the directories this process created for the logdir (still empty) are removed: the
+      logdir is as it was. Inside `deferred()` (a write into the logdir) the exit waits for
+      the write to finish.
+    - After it: the server stops cleanly (final checkpoint, exit 0).
+    - A second signal exits at once (128 + its number), without a final checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.server = None
+        self.created_dirs: list[str] = []  # removed (if still empty) on an early exit
+        self._deferring = 0
+        self._pending: int | None = None
+        self._stderr = 2
+
+    def install(self) -> StopSignals:
+        # stderr as it is now: TensorFlow's import points fd 2 at /dev/null for a while.
+        with contextlib.suppress(OSError):  # (no fd 2 at all: then messages are lost)
+            self._stderr = os.dup(2)
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def hand_over(self, server) -> None:
+        """From now on a signal asks `server` to stop cleanly."""
+        self.server = server
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """A section an early signal does not cut short: it exits right after it."""
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+        if not self._deferring and self._pending is not None and self.server is None:
+            self._exit_before_training(self._pending)
+
+    def _handle(self, signum: int, _frame) -> None:
         name = signal.Signals(signum).name
-        received.append(name)
-        if len(received) > 1:
-            print(f"{PROG}: second signal ({name}): exiting now, without a final checkpoint",
-                  file=sys.stderr, flush=True)
-            os._exit(130)
-        server.request_stop(f"received {name}")
+        self.received.append(name)
+        if len(self.received) > 1:
+            self._say(f"{PROG}: second signal ({name}): exiting now, without a final checkpoint")
+            os._exit(128 + signum)
+        if self.server is not None:
+            self.server.request_stop(f"received {name}")
+        elif self._deferring:
+            self._pending = signum
+        else:
+            self._exit_before_training(signum)
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    def _exit_before_training(self, signum: int) -> None:
+        for directory in reversed(self.created_dirs):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)  # only if still empty
+        with contextlib.suppress(Exception):  # may interrupt a print: then it stays unflushed
+            sys.stdout.flush()
+        self._say(f"{PROG}: received {signal.Signals(signum).name} before training started: "
+                  f"exiting ({128 + signum}), nothing written")
+        os._exit(128 + signum)
+
+    def _say(self, line: str) -> None:
+        """One line on stderr, straight to the file descriptor (safe in a signal handler)."""
+        with contextlib.suppress(OSError):
+            os.write(self._stderr, (line + "\n").encode())
+
+
+# The handlers of this process, when it was started through `entry_point`.
+_signals: StopSignals | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(argv: list[str]) -> int:
     """ga3c-train's body: flags to config, checks, then the service."""
+    signals = _signals or StopSignals().install()  # in-process callers: handlers from here
     config = parse_config(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ga3c.envs import EnvError, inspect_env
@@ -261,7 +336,8 @@ def train(argv: list[str]) -> int:
         env_spec = inspect_env(config.env.env_id, config.env)
     except EnvError as exc:
         raise BadInput(str(exc)) from None
-    check_writable_dir(config.run.logdir)
+    with signals.deferred():
+        signals.created_dirs = check_writable_dir(config.run.logdir)
     print(describe(config), flush=True)
     tf = import_tensorflow_quietly(config.run.tf_threads)
     gpus = tf.config.list_logical_devices("GPU")
@@ -279,7 +355,7 @@ def train(argv: list[str]) -> int:
         server.setup()
     except SetupError as exc:
         raise BadInput(str(exc)) from None
-    _install_signals(server)
+    signals.hand_over(server)
     return server.run()
 
 
@@ -385,7 +461,16 @@ def plot(argv: list[str]) -> int:
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    global _signals
+    _signals = StopSignals().install()  # first: a signal during start-up must count too
+    code = main()
+    # Everything is on disk now (checkpoint, policy.keras, episodes.csv and TensorBoard files
+    # closed): skip the interpreter's and TensorFlow's teardown, which takes a second (several
+    # on a busy machine) and would count against a prompt stop.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # e.g. a closed pipe: nothing to do
+            stream.flush()
+    os._exit(code)
 
 
 def eval_entry_point() -> None:

@@ -3,11 +3,18 @@
 Predictor threads call `predict`; optimizer threads call `train`. Both are `tf.function`s with
 a fixed input signature whose batch dimension is `None`, so every batch size uses the same
 trace (`trace_counts()` lets tests prove it). The optimizer threads update the shared
-variables without a lock, as GA3C and Hogwild do.
+variables without a lock, as GA3C and Hogwild do; only a checkpoint write (`paused()`) holds
+them off, for the tens of milliseconds it takes.
+
+A run that diverges stops instead of training on and saving NaN: every train step's loss
+terms and gradient norm are checked (five floats the step returns anyway: free), and the
+weights and optimizer state are checked before anything is saved (`check_finite`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import threading
 from typing import NamedTuple
@@ -18,8 +25,10 @@ import tensorflow as tf
 from keras import ops
 
 from ga3c.config import AlgoConfig, NetworkConfig
+from ga3c.errors import NonFiniteError
 from ga3c.network import build_network
 from ga3c.returns import Transitions
+from ga3c.threads import UpdateGate
 
 
 class LossTerms(NamedTuple):
@@ -120,6 +129,9 @@ class Learner:
                     velocity.assign(tf.fill(velocity.shape, algo.rmsprop_init))
         self._version = 0
         self._version_lock = threading.Lock()
+        self._updates = UpdateGate()
+        # What first went non-finite ("non-finite loss, grad_norm at update 12 (...)"), or None.
+        self.nonfinite: str | None = None
 
         obs_spec = tf.TensorSpec([None, *self.obs_shape], tf.as_dtype(self.obs_dtype))
         self._predict = tf.function(self._predict_impl, input_signature=[obs_spec],
@@ -187,6 +199,8 @@ class Learner:
         return logits.numpy()[:n], values.numpy()[:n]
 
     def train(self, batch: Transitions) -> TrainMetrics:
+        """One optimizer step; raises NonFiniteError if a loss term or the gradient norm is
+        NaN or infinite (the step is applied by then: the weights must not be saved)."""
         n = len(batch)
         rows = (batch.states, batch.actions, batch.rewards, batch.next_index, batch.nsteps,
                 batch.masks, np.ones(n, np.float32))
@@ -195,19 +209,71 @@ class Learner:
             rows = tuple(pad_rows(c, bucket_size(n)) for c in rows)
             next_states = pad_rows(next_states, bucket_size(len(next_states)))
         states, actions, rewards, next_index, nsteps, masks, weights = rows
-        metrics = self._train_fn(states, actions, rewards, next_states, next_index, nsteps, masks,
-                                 weights)
+        with self._updates.shared():
+            metrics = self._train_fn(states, actions, rewards, next_states, next_index, nsteps,
+                                     masks, weights)
+            with self._version_lock:
+                self._version += 1
+                update = self._version
+            values = metrics.numpy().tolist()
+            if not all(map(math.isfinite, values)):
+                bad = [(name, v) for name, v in zip(TrainMetrics._fields, values)
+                       if not math.isfinite(v)]
+                self._diverged(f"non-finite {', '.join(name for name, _ in bad)} at update "
+                               f"{update:,} ({' '.join(f'{k}={v}' for k, v in bad)})")
+        return TrainMetrics(*values)
+
+    def _diverged(self, what: str):
         with self._version_lock:
-            self._version += 1
-        return TrainMetrics(*metrics.numpy().tolist())
+            if self.nonfinite is None:  # the first report stays (others follow from it)
+                self.nonfinite = what
+        raise NonFiniteError(self.nonfinite)
+
+    def paused(self, timeout: float = 30.0):
+        """Context: no model update runs inside it (for checking and saving the weights)."""
+        return self._updates.exclusive(timeout)
+
+    def nonfinite_weights(self) -> str | None:
+        """Which weights or optimizer variables hold NaN/inf (call it under `paused()`)."""
+        bad, values, first = 0, 0, None
+        for v in [*self.model.weights, *self.optimizer.variables]:
+            x = np.asarray(v.numpy())
+            if x.dtype.kind != "f":
+                continue
+            count = x.size - int(np.isfinite(x).sum())
+            values += x.size
+            if count:
+                bad += count
+                first = first or v.path
+        if not bad:
+            return None
+        return (f"non-finite weights after update {self.version:,}: {bad:,} of {values:,} "
+                f"values (first in {first})")
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteError if a train step or the weights went non-finite (call it
+        under `paused()`, right before writing the weights anywhere)."""
+        if self.nonfinite is not None:
+            raise NonFiniteError(self.nonfinite)
+        what = self.nonfinite_weights()
+        if what is not None:
+            self._diverged(what)
 
     def trace_counts(self) -> tuple[int, int]:
         """How many times predict and train have been traced (constant after warm-up)."""
         return (self._predict.experimental_get_tracing_count(),
                 self._train.experimental_get_tracing_count())
 
-    def save_policy(self, path: str) -> None:
-        """Write the model as a `.keras` file atomically (for `ga3c-eval` and other tools)."""
+    def save_policy(self, path: str, before_replace=lambda: None) -> None:
+        """Write the model as a `.keras` file atomically (for `ga3c-eval` and other tools):
+        to a temporary file, then `before_replace()` (which may raise to keep the previous
+        file), then renamed over `path`. A failure leaves no temporary file behind."""
         tmp = path + ".tmp.keras"
-        self.model.save(tmp)
-        os.replace(tmp, path)
+        try:
+            self.model.save(tmp)
+            before_replace()
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise

@@ -3,12 +3,22 @@
 Start order is consumers before producers (predictors, trainers, then agents); stop order
 is the reverse. The main thread watches the stop conditions, failures, logging and
 checkpoints; it never blocks for longer than `POLL_SECONDS`.
+
+Nothing non-finite is ever saved and a failed write never replaces a good checkpoint: a save
+pauses the model updates, checks the weights (`Learner.check_finite`), writes the checkpoint
+(TensorFlow writes its files first and the `checkpoint` state file that names the latest one
+last, atomically), then `policy.keras` (temporary file, checked again, renamed). A divergence
+or a failed write stops the run with one line on stderr and exit code 1; the latest
+checkpoint is then still the last good one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -21,7 +31,7 @@ from ga3c.agent import Agent
 from ga3c.autotune import Autotuner
 from ga3c.config import Config
 from ga3c.envs import EnvSpec, make_agent_envs
-from ga3c.errors import first_line
+from ga3c.errors import NonFiniteError, RunError, WriteError, first_line, write_error_reason
 from ga3c.learner import Learner
 from ga3c.predictor import PredictorGroup
 from ga3c.stats import Stats, Window, read_recent_returns
@@ -49,6 +59,7 @@ class Checkpointer:
                                               counters=self.counters,
                                               train_seconds=self.train_seconds)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=keep)
+        self._saved_counts: tuple[int, int] | None = None  # (env steps, updates) of the latest
 
     @property
     def latest(self) -> str | None:
@@ -62,13 +73,51 @@ class Checkpointer:
             raise SetupError(f"cannot restore checkpoint {path}: {first_line(exc)} "
                              "(use a new --logdir, or move that checkpoint away)") from None
         steps, episodes, updates = (int(x) for x in self.counters.numpy())
+        self._saved_counts = (steps, updates)
         return dict(env_steps=steps, episodes=episodes, updates=updates,
                     train_seconds=float(self.train_seconds.numpy()))
 
     def save(self, stats: Stats, learner: Learner) -> str:
-        self.counters.assign([stats.env_steps, stats.episodes, learner.version])
+        """Write a checkpoint numbered by the env-step count; its path. Nothing is written
+        when the latest checkpoint already holds these counts (e.g. a stop before any
+        training). A failed write raises WriteError after removing what it left."""
+        number, updates = stats.env_steps, learner.version
+        if self.latest and self._saved_counts == (number, updates):
+            return self.latest
+        self.counters.assign([number, stats.episodes, updates])
         self.train_seconds.assign(stats.train_seconds())
-        return self.manager.save(checkpoint_number=stats.env_steps)
+        try:
+            path = self.manager.save(checkpoint_number=number)
+        except Exception as exc:  # noqa: BLE001 - OSError, tf.errors.*: the disk said no
+            prefix = os.path.join(self.manager.directory, f"ckpt-{number}")
+            self._remove_unfinished(prefix)
+            raise WriteError(f"cannot write checkpoint {prefix}: {write_error_reason(exc)}; "
+                             f"{self.latest_note()}") from exc
+        self._saved_counts = (number, updates)
+        return path
+
+    def on_disk_latest(self) -> str | None:
+        """The latest checkpoint as the state file names it (what a resume would restore)."""
+        try:
+            state = tf.train.get_checkpoint_state(self.manager.directory)
+        except Exception:  # noqa: BLE001
+            return None
+        return state.model_checkpoint_path if state else None
+
+    def latest_note(self) -> str:
+        latest = self.on_disk_latest()
+        return f"the latest checkpoint is {latest}" if latest else "no checkpoint was written"
+
+    def _remove_unfinished(self, prefix: str) -> None:
+        """Remove the files of a checkpoint whose write failed, unless the state file already
+        names it (the data were complete; only the tidy-up after it failed)."""
+        if self.on_disk_latest() == prefix:
+            return
+        left = [glob.escape(prefix) + ".*", glob.escape(prefix) + "_temp*",
+                os.path.join(glob.escape(self.manager.directory), "checkpoint.tmp*")]
+        for path in [p for pattern in left for p in glob.glob(pattern)]:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def keep_aside(path: str) -> None:
@@ -189,6 +238,7 @@ class Server:
         self.stop_reason = ""
         self.failure = Failure()
         self.logdir = config.run.logdir
+        self.policy_path = os.path.join(self.logdir, "policy.keras")
 
     def request_stop(self, reason: str) -> None:
         if not self.stop.is_set():
@@ -253,9 +303,10 @@ class Server:
         log(f"training {cfg.env.env_id} with {p.num_agents} agents x {cfg.env.envs_per_agent} "
             f"envs, {p.num_predictors} predictor(s), {p.num_trainers} trainer(s); "
             f"logdir {self.logdir}")
-        self.pipeline.start()
+        if not self.stop.is_set():  # a signal may have come while the logdir was prepared
+            self.pipeline.start()
         stats.window()  # rates start now
-        if p.autotune:
+        if p.autotune and not self.stop.is_set():
             self.autotuner = Autotuner(
                 self.pipeline, lambda: (stats.env_steps, stats.samples_trained),
                 {"agents": (1, p.max_agents), "predictors": (1, p.max_predictors),
@@ -276,15 +327,22 @@ class Server:
                 log("autotune: final layout " + " ".join(
                     f"{k}={v}" for k, v in self.pipeline.counts().items())
                     + (f" (stopped during the trial {trial})" if trial else ""))
-            stats.close()
-            writer.close()
+            for close, what in ((stats.close, "episodes.csv"), (writer.close, "tb/")):
+                try:  # a full disk can fail these too: reported, after what failed first
+                    close()
+                except Exception as exc:  # noqa: BLE001
+                    self.failure.record(threading.current_thread().name, WriteError(
+                        f"cannot write {os.path.join(self.logdir, what)}: "
+                        f"{write_error_reason(exc)}"))
         if self.failure:
-            print(f"ga3c: thread {self.failure.thread_name} failed:\n{self.failure.traceback}",
-                  file=sys.stderr, flush=True)
-            return 1
+            return self._report_failure()
         if stuck:
             print(f"ga3c: threads did not stop within {JOIN_SECONDS:.0f}s: {stuck}", file=sys.stderr)
-        path = self._save()
+        try:
+            path = self._save()
+        except (RunError, TimeoutError) as exc:
+            self.failure.record(threading.current_thread().name, exc)
+            return self._report_failure()
         score = stats.mean_score()
         log(f"stopped ({self.stop_reason}) after {stats.env_steps:,} env steps, "
             f"{stats.episodes:,} episodes, {stats.train_seconds():.1f}s of training; "
@@ -317,10 +375,51 @@ class Server:
                 next_ckpt = now + run.checkpoint_every_seconds
                 self._save()
 
+    def _report_failure(self) -> int:
+        """Exit code 1, after one line for a divergence or a failed write (RunError), or the
+        failed thread's traceback for anything else (a bug, a broken env)."""
+        exc = self.failure.exception
+        # NaN weights also make envs or predictors fail (NaN logits): the cause is what counts.
+        diverged = self.learner.nonfinite or self.learner.nonfinite_weights()
+        if diverged or isinstance(exc, RunError):
+            if diverged:
+                note = self.checkpointer.latest_note()
+                message = f"{diverged}: stopped without saving it; {note}"
+                if self.checkpointer.on_disk_latest():
+                    message += (" (the same command, e.g. with a lower --learning_rate, "
+                                "resumes from it)")
+            else:
+                message = str(exc)
+            print(f"ga3c: error: {message}", file=sys.stderr, flush=True)
+        else:
+            print(f"ga3c: thread {self.failure.thread_name} failed:\n{self.failure.traceback}",
+                  file=sys.stderr, flush=True)
+        return 1
+
     def _save(self) -> str:
-        """A checkpoint (model, optimizer, counters) and policy.keras; the checkpoint's path."""
-        path = self.checkpointer.save(self.stats, self.learner)
-        self.learner.save_policy(os.path.join(self.logdir, "policy.keras"))
+        """A checkpoint (model, optimizer, counters) and policy.keras; the checkpoint's path.
+
+        NonFiniteError, and nothing written, if a weight is not finite; WriteError if a
+        write fails. Model updates wait while the weights are checked and the checkpoint is
+        written (tens of ms), so it holds the version that was checked. policy.keras is
+        written after, with updates running, and renamed into place only if the weights are
+        still finite then: a non-finite weight stays non-finite (every later step computes
+        NaN from it), so finite after the write means finite during it.
+        """
+        with self.learner.paused():
+            self.learner.check_finite()
+            latest = self.checkpointer.latest
+            path = self.checkpointer.save(self.stats, self.learner)
+        if path != latest or not os.path.exists(self.policy_path):
+            try:
+                self.learner.save_policy(self.policy_path,
+                                         before_replace=self.learner.check_finite)
+            except NonFiniteError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - OSError, h5py/zip errors
+                raise WriteError(
+                    f"cannot write {self.policy_path}: {write_error_reason(exc)}; the "
+                    f"previous one is unchanged and {self.checkpointer.latest_note()}") from exc
         return path
 
     def _report(self, w: Window, writer) -> None:

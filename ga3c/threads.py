@@ -6,8 +6,10 @@ an exception in any worker is recorded in the shared `Failure` and stops the who
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
+import time
 import traceback
 
 POLL_SECONDS = 0.05  # longest any worker blocks before it looks at the stop event again
@@ -20,15 +22,73 @@ class Failure:
         self._lock = threading.Lock()
         self.thread_name: str | None = None
         self.traceback: str | None = None
+        self.exception: BaseException | None = None
 
     def record(self, thread_name: str, exc: BaseException) -> None:
         with self._lock:
             if self.traceback is None:
                 self.thread_name = thread_name
+                self.exception = exc
                 self.traceback = "".join(traceback.format_exception(exc))
 
     def __bool__(self) -> bool:
         return self.traceback is not None
+
+
+class UpdateGate:
+    """Model updates run together (`shared`, Hogwild); a checkpoint write runs alone.
+
+    `exclusive()` lets no new update start, waits for those in flight and holds the next ones
+    off until it ends, so what it checks and writes is one model version that nothing changes
+    meanwhile. Waits are bounded: an update waits only while a checkpoint is being written,
+    and `exclusive()` gives up with TimeoutError if updates in flight do not finish in time.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._shared = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def shared(self):
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait(POLL_SECONDS)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self, timeout: float):
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._exclusive:  # another exclusive holder (bounded by the same deadline)
+                self._wait_until(deadline)
+            self._exclusive = True  # from now on no new update starts
+            try:
+                while self._shared:
+                    self._wait_until(deadline)
+            except TimeoutError:
+                self._exclusive = False
+                self._cond.notify_all()
+                raise
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+    def _wait_until(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("model updates did not pause in time")
+        self._cond.wait(min(remaining, POLL_SECONDS))
 
 
 class Worker(threading.Thread):

@@ -2,12 +2,15 @@
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
+import numpy as np
 import pytest
 
 from ga3c.config import Config
@@ -185,32 +188,195 @@ def test_thread_exception_exits_1_with_traceback(tmp_path):
     assert "Traceback" in proc.stderr
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_stops_cleanly_and_saves(tmp_path, sig):
-    logdir = tmp_path / "sig"
-    proc = subprocess.Popen([sys.executable, "-m", "ga3c.cli", *TINY, f"--logdir={logdir}",
-                             "--max_seconds=120"], cwd=REPO, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 90
-        csv_path = logdir / "episodes.csv"
-        while time.monotonic() < deadline and proc.poll() is None:  # until training runs
-            if csv_path.exists() and csv_path.stat().st_size > 0:
-                break
-            time.sleep(0.2)
-        time.sleep(1.0)
+def ignore_sigint():
+    """What a POSIX shell does to a job it starts in the background (`ga3c-train ... &`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class Cli:
+    """`ga3c-train` in a subprocess, its output read line by line as it comes."""
+
+    def __init__(self, *args, sigint_ignored=False):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ga3c.cli", *args], cwd=REPO, env=cli_env(),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=ignore_sigint if sigint_ignored else None)
+        self.lines: list[str] = []
+        self.err_lines: list[str] = []
+        self._readers = [threading.Thread(target=self._read, args=(pipe, out), daemon=True)
+                         for pipe, out in ((self.proc.stdout, self.lines),
+                                           (self.proc.stderr, self.err_lines))]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(pipe, out):
+        for line in pipe:
+            out.append(line)
+
+    def wait_for(self, needle, timeout=120):
+        deadline = time.monotonic() + timeout
+        while not any(needle in line for line in self.lines):
+            assert self.proc.poll() is None, (self.proc.returncode, self.stdout, self.stderr)
+            assert time.monotonic() < deadline, f"no {needle!r} in {timeout}s: {self.stdout}"
+            time.sleep(0.02)
+
+    def signal_and_wait(self, sig, timeout=30):
+        """Send `sig`; (exit code, seconds until the process ended, stderr)."""
         t0 = time.monotonic()
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
-        stop_seconds = time.monotonic() - t0
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        seconds = time.monotonic() - t0
+        self.kill()
+        return self.proc.returncode, seconds, self.stderr
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for reader in self._readers:
+            reader.join(10)
+
+    @property
+    def stdout(self):
+        return "".join(self.lines)
+
+    @property
+    def stderr(self):
+        return "".join(self.err_lines)
+
+
+@pytest.mark.parametrize("sig, sigint_ignored, existing", [
+    (signal.SIGINT, True, True),  # a script's background job: SIGINT inherited as ignored
+    (signal.SIGTERM, False, False),
+])
+def test_signal_before_training_exits_at_once_and_touches_nothing(trained_run, tmp_path, sig,
+                                                                  sigint_ignored, existing):
+    logdir = copy_run(trained_run, tmp_path, "early") if existing else str(tmp_path / "new" / "run")
+    before = snapshot(logdir)
+    cli = Cli(*TINY, f"--logdir={logdir}", "--max_seconds=120", sigint_ignored=sigint_ignored)
+    try:
+        cli.wait_for("effective config")  # then TensorFlow is imported and the model built
+        code, seconds, err = cli.signal_and_wait(sig)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err[-3000:]
-    assert f"received {sig.name}" in out
-    assert stop_seconds < 15
+        cli.kill()
+    assert code == 128 + sig, (code, err[-2000:])
+    assert seconds < 5
+    assert f"received {sig.name} before training started" in err
+    assert "Traceback" not in err
+    if existing:
+        assert snapshot(logdir) == before
+    else:
+        assert not os.path.exists(tmp_path / "new")  # the directories it made are gone too
+
+
+@pytest.mark.parametrize("sig, sigint_ignored", [(signal.SIGINT, True), (signal.SIGTERM, False)])
+def test_signal_stops_cleanly_and_saves(tmp_path, sig, sigint_ignored):
+    logdir = tmp_path / "sig"
+    cli = Cli(*TINY, f"--logdir={logdir}", "--max_seconds=120", sigint_ignored=sigint_ignored)
+    try:
+        cli.wait_for("steps ")  # a console line: training runs
+        time.sleep(1.0)
+        code, stop_seconds, err = cli.signal_and_wait(sig)
+    finally:
+        cli.kill()
+    assert code == 0, err[-3000:]
+    assert f"received {sig.name}" in cli.stdout
+    assert stop_seconds < 5
     assert any(f.startswith("ckpt-") for f in os.listdir(logdir / "checkpoints"))
     assert (logdir / "policy.keras").exists()
+
+
+def test_kill_9_then_the_same_command_resumes(tmp_path):
+    import tensorflow as tf
+
+    logdir = str(tmp_path / "killed")
+    args = [*TINY, f"--logdir={logdir}", "--checkpoint_every_seconds=0.5"]
+    cli = Cli(*args, "--max_seconds=120")
+    try:
+        cli.wait_for("steps ")
+        state = os.path.join(logdir, "checkpoints", "checkpoint")
+        deadline = time.monotonic() + 60
+        while not os.path.exists(state) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.8)  # mid-way between checkpoints, likely while one is written
+        cli.proc.send_signal(signal.SIGKILL)
+        cli.proc.wait(30)
+    finally:
+        cli.kill()
+    latest = tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints"))
+    steps = int(latest.rsplit("-", 1)[1])
+    assert steps > 0
+    proc = run_cli(*args, f"--max_env_steps={steps + 2000}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed from {latest}: {steps:,} env steps" in proc.stdout
+    assert f"reached --max_env_steps={steps + 2000:,}" in proc.stdout
+
+
+def one_error_line(proc, *needles):
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("ga3c: error: ") and "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def all_finite(checkpoint_path):
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(checkpoint_path)
+    for name in reader.get_variable_to_shape_map():
+        value = np.asarray(reader.get_tensor(name))
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            return False
+    return True
+
+
+def test_divergence_stops_saving_nothing_and_the_same_command_resumes(trained_run, tmp_path):
+    """--learning_rate=1e30 (checkpointing every 0.2 s meanwhile): exit 1 with one line, not a
+    byte of the checkpoints or policy.keras changed; then a sane rate resumes from them."""
+    import tensorflow as tf
+
+    logdir = copy_run(trained_run, tmp_path, "diverge")
+    kept = {"checkpoints": snapshot(os.path.join(logdir, "checkpoints")),
+            "policy": snapshot(logdir)["policy.keras"]}
+    latest = tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints"))
+    proc = run_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=20000", "--learning_rate=1e30",
+                   "--checkpoint_every_seconds=0.2")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    line = one_error_line(proc, "non-finite", f"the latest checkpoint is {latest}")
+    updates = int(re.search(r"episodes (\d+) updates", proc.stdout.replace(",", "")).group(1))
+    update = int(re.search(r"update (\d+)", line.replace(",", "")).group(1))
+    assert update > updates  # the resumed run's own updates are counted on
+    assert {"checkpoints": snapshot(os.path.join(logdir, "checkpoints")),
+            "policy": snapshot(logdir)["policy.keras"]} == kept
+    proc = run_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=5000")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed from {latest}" in proc.stdout
+    assert all_finite(tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints")))
+
+
+def test_nan_rewards_stop_the_run_and_nothing_non_finite_is_saved(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    logdir = str(tmp_path / "nan")
+    proc = run_cli(*TINY, "--env=tests.faulty_env:NaNRewardCartPole-v0", f"--logdir={logdir}",
+                   "--max_seconds=60", "--checkpoint_every_seconds=0.2")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    one_error_line(proc, "non-finite", "loss", "at update", "stopped without saving")
+    ckdir = os.path.join(logdir, "checkpoints")
+    indexes = [f for f in os.listdir(ckdir) if f.endswith(".index")] if os.path.isdir(ckdir) else []
+    for name in indexes:
+        assert all_finite(os.path.join(ckdir, name.removesuffix(".index"))), name
+    if indexes:
+        assert tf.train.latest_checkpoint(ckdir) is not None
+        model = keras.models.load_model(os.path.join(logdir, "policy.keras"))
+        assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
 def test_xla_and_mixed_precision_run_end_to_end(tmp_path):
