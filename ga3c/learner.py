@@ -77,12 +77,40 @@ def a3c_loss(logits, values, actions, targets, value_coef: float, entropy_coef: 
     return LossTerms(total, policy_loss, value_loss, entropy)
 
 
+def batch_diagnostics(logits, values, targets, weights):
+    """Two numbers to watch while learning is slow, besides the score and the entropy:
+
+    explained_variance = 1 - Var(target - V) / Var(target): how much of the targets' spread
+        the value head predicts (0: no better than a constant, 1: all of it);
+    logit_spread = the std across the batch's states of each action's logit (centred per
+        state), averaged over actions: ~0 while the policy ignores the state (the Pong run
+        that did not learn sat there), growing as it comes to depend on the frames.
+    `weights` (0 or 1 per row) leave padding rows out, as in the loss.
+    """
+    logits = ops.cast(logits, "float32")
+    total = ops.maximum(ops.sum(weights), 1.0)
+
+    def mean(x, axis=0):
+        w = weights if len(x.shape) == 1 else ops.expand_dims(weights, -1)
+        return ops.sum(x * w, axis=axis) / total
+
+    def var(x):
+        return mean(ops.square(x - mean(x)))
+
+    explained = 1.0 - var(targets - values) / ops.maximum(var(targets), 1e-8)
+    centred = logits - ops.mean(logits, axis=-1, keepdims=True)
+    spread = ops.mean(ops.sqrt(var(centred)))
+    return explained, spread
+
+
 class TrainMetrics(NamedTuple):
     loss: float
     policy_loss: float
     value_loss: float
     entropy: float
     grad_norm: float
+    explained_variance: float
+    logit_spread: float
 
 
 def bucket_size(n: int, smallest: int = 8) -> int:
@@ -178,8 +206,10 @@ class Learner:
         else:
             grad_norm = tf.linalg.global_norm(grads)
         self.optimizer.apply(grads, variables)
+        explained, spread = batch_diagnostics(out["logits"], tf.cast(out["value"], tf.float32),
+                                              targets, weights)
         return tf.stack([terms.total, terms.policy_loss, terms.value_loss, terms.entropy,
-                         grad_norm])
+                         grad_norm, explained, spread])
 
     # -- public API -----------------------------------------------------------------------
     @property

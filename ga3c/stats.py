@@ -48,7 +48,10 @@ class Window:
                 f"score100 {score}  env/s {self.env_steps_per_s:>8,.0f}  "
                 f"pred/s {self.predictions_per_s:>6,.0f} (batch {self.mean_predict_batch:5.1f})  "
                 f"train/s {self.trainings_per_s:>5,.0f}  samples/s {self.samples_per_s:>8,.0f}  "
-                f"lag {lag}  q {queues}  rss {self.rss_mib:,.0f} MiB")
+                f"lag {lag}  q {queues}  rss {self.rss_mib:,.0f} MiB" + "".join(
+                    f"  {short} {self.losses[k]:.2f}" for k, short in
+                    (("entropy", "ent"), ("explained_variance", "ev"), ("logit_spread", "spread"))
+                    if k in self.losses))
 
 
 class Stats:

@@ -226,3 +226,22 @@ def test_rmsprop_accumulator_starts_at_rmsprop_init(init):
     learner.optimizer.apply(grads, [kernel])
     expected_step = 0.1 * 1.0 / np.sqrt(0.9 * init + 0.1 + 1e-5)
     np.testing.assert_allclose(before - kernel.numpy(), expected_step, rtol=1e-4)
+
+
+def test_batch_diagnostics_match_numpy_and_ignore_padding_rows():
+    from ga3c.learner import batch_diagnostics
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(7, 4)).astype(np.float32)
+    values = rng.normal(size=7).astype(np.float32)
+    targets = (values + rng.normal(scale=0.5, size=7)).astype(np.float32)
+    weights = np.array([1, 1, 1, 1, 1, 0, 0], np.float32)  # the last two rows are padding
+    ev, spread = (float(x) for x in batch_diagnostics(logits, values, targets, weights))
+    t, v, lg = targets[:5], values[:5], logits[:5]
+    assert ev == pytest.approx(1 - np.var(t - v) / np.var(t), rel=1e-4)
+    centred = lg - lg.mean(axis=1, keepdims=True)
+    assert spread == pytest.approx(centred.std(axis=0).mean(), rel=1e-4)
+    # A state-independent policy has no spread; a perfect value head explains everything.
+    ev, spread = (float(x) for x in batch_diagnostics(np.tile(logits[:1] + 5, (7, 1)), targets,
+                                                       targets, np.ones(7, np.float32)))
+    assert spread == pytest.approx(0.0, abs=1e-5) and ev == pytest.approx(1.0)
