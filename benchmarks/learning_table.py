@@ -15,7 +15,8 @@ import sys
 
 import numpy as np
 
-from ga3c.plot import PlotError, read_episodes, rolling_mean
+from ga3c.errors import UserError
+from ga3c.plot import read_episodes, rolling_mean
 
 
 def table(ep: dict[str, np.ndarray], every: int, window: int, frames_per_step: int
@@ -52,7 +53,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         ep = read_episodes(args.logdir)
-    except PlotError as exc:
+    except UserError as exc:
         print(f"learning_table.py: error: {exc}", file=sys.stderr)
         return 2
     print("\n".join(table(ep, args.every, args.window, args.frames_per_step)))

@@ -23,7 +23,7 @@ import sys
 from absl import flags
 
 from ga3c.config import ENV_BACKENDS, LR_SCHEDULES, Config
-from ga3c.errors import first_line
+from ga3c.errors import UserError, first_line
 
 PROG = "ga3c-train"
 EXIT_BAD_INPUT = 2
@@ -124,8 +124,8 @@ def define_flags(fv: flags.FlagValues) -> None:
                       "bfloat16 compute with float32 variables (for recent GPUs).", flag_values=fv)
 
 
-class BadInput(Exception):
-    """Shown as one line, exit code 2."""
+# Bad input from any module: shown as one line, exit code 2 (caught once, in `run_entry`).
+BadInput = UserError
 
 
 def parse_flags(define, argv: list[str], prog: str) -> flags.FlagValues:
@@ -141,8 +141,10 @@ def parse_flags(define, argv: list[str], prog: str) -> flags.FlagValues:
     return fv
 
 
-def parse_config(argv: list[str]) -> Config:
-    """argv (without the program name) -> validated Config; raises BadInput."""
+def parse_config(argv: list[str], check_env: bool = False):
+    """argv (without the program name) -> validated Config; raises BadInput listing every
+    problem. With `check_env`, the env is built and inspected too (its problems listed with
+    the others) and `(config, env_spec)` is returned."""
     fv = parse_flags(define_flags, argv, PROG)
     try:
         hidden = tuple(int(h) for h in fv.hidden)
@@ -158,9 +160,18 @@ def parse_config(argv: list[str]) -> Config:
 
     config = Config(**{name: section(cls) for name, cls in Config.section_types().items()})
     problems = config.validate()
+    env_spec = None
+    if check_env and config.env.env_id.strip():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from ga3c.envs import EnvError, inspect_env
+
+        try:
+            env_spec = inspect_env(config.env.env_id, config.env)
+        except EnvError as exc:
+            problems.append(str(exc))
     if problems:
         raise BadInput("invalid config: " + "; ".join(problems))
-    return config
+    return (config, env_spec) if check_env else config
 
 
 def help_text(define, usage: str) -> str:
@@ -328,14 +339,7 @@ def main(argv: list[str] | None = None) -> int:
 def train(argv: list[str]) -> int:
     """ga3c-train's body: flags to config, checks, then the service."""
     signals = _signals or StopSignals().install()  # in-process callers: handlers from here
-    config = parse_config(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from ga3c.envs import EnvError, inspect_env
-
-    try:
-        env_spec = inspect_env(config.env.env_id, config.env)
-    except EnvError as exc:
-        raise BadInput(str(exc)) from None
+    config, env_spec = parse_config(argv, check_env=True)
     with signals.deferred():
         signals.created_dirs = check_writable_dir(config.run.logdir)
     print(describe(config), flush=True)
@@ -348,13 +352,10 @@ def train(argv: list[str]) -> int:
           f"TensorFlow {tf.__version__}; XLA {'on' if config.run.xla else 'off'}; "
           f"mixed precision {'on (bfloat16)' if config.run.mixed_precision else 'off'}",
           flush=True)
-    from ga3c.server import Server, SetupError
+    from ga3c.server import Server
 
     server = Server(config, env_spec)
-    try:
-        server.setup()
-    except SetupError as exc:
-        raise BadInput(str(exc)) from None
+    server.setup()
     signals.hand_over(server)
     return server.run()
 
@@ -392,7 +393,7 @@ def run_entry(prog: str, define, usage: str, argv: list[str] | None, body) -> in
         return 0
     try:
         return body(argv)
-    except BadInput as exc:
+    except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -418,13 +419,10 @@ def evaluate_run(argv: list[str]) -> int:
     if fv.video_dir:
         check_writable_dir(fv.video_dir, "--video_dir")
     import_tensorflow_quietly()
-    from ga3c.evaluate import EvalError, evaluate, write_summary
+    from ga3c.evaluate import evaluate, write_summary
 
-    try:
-        summary = evaluate(fv.logdir, fv.episodes, fv.policy, fv.seed, fv.checkpoint,
-                           fv.video_dir, fv.env)
-    except EvalError as exc:
-        raise BadInput(str(exc)) from None
+    summary = evaluate(fv.logdir, fv.episodes, fv.policy, fv.seed, fv.checkpoint,
+                       fv.video_dir, fv.env)
     env_part = f"-{summary.env.replace('/', '_').replace(':', '_')}" if fv.env else ""
     path = fv.json or os.path.join(
         fv.logdir, f"eval-{os.path.basename(summary.checkpoint)}{env_part}-{fv.policy}.json")
@@ -450,12 +448,9 @@ def plot(argv: list[str]) -> int:
         raise BadInput("give at least one --logdir")
     if fv.window < 1:
         raise BadInput(f"--window={fv.window}: must be >= 1")
-    from ga3c.plot import PlotError, plot_runs
+    from ga3c.plot import plot_runs
 
-    try:
-        out = plot_runs(fv.logdir, fv.out, fv.window, fv.title)
-    except PlotError as exc:
-        raise BadInput(str(exc)) from None
+    out = plot_runs(fv.logdir, fv.out, fv.window, fv.title)
     print(f"wrote {out}")
     return 0
 

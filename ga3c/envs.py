@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import re
 import warnings
 
 import gymnasium as gym
@@ -13,9 +12,10 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.wrappers.vector import TransformObservation
 
 from ga3c.config import EnvConfig
+from ga3c.errors import UserError
 
 
-class EnvError(ValueError):
+class EnvError(UserError, ValueError):
     """The environment cannot be used by ga3c (message is shown to the user as is)."""
 
 
@@ -40,11 +40,19 @@ def resolve_env_id(env_id: str) -> str:
 
 
 def ale_game(env_id: str) -> str | None:
-    """ROM name of an `ALE/Name-vN` id ("ALE/SpaceInvaders-v5" -> "space_invaders")."""
-    match = re.fullmatch(r"ALE/([A-Za-z0-9]+)-v\d+", env_id)
-    if match is None:
+    """ROM name of a registered ALE id, as ale-py's registration spells it
+    ("ALE/SpaceInvaders-v5" -> "space_invaders"); None for any other id."""
+    if not env_id.startswith("ALE/"):
         return None
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", match.group(1)).lower()
+    try:
+        import ale_py
+    except ImportError:
+        return None
+    gym.register_envs(ale_py)
+    try:
+        return gym.spec(env_id).kwargs.get("game")
+    except gym.error.Error:
+        return None
 
 
 def env_backend(env_id: str, env: EnvConfig) -> str:
@@ -241,13 +249,22 @@ def inspect_env(env_id: str, env: EnvConfig | None = None) -> EnvSpec:
     The spaces are read from the vector env the agents will use (for Atari: the preprocessed
     uint8 frames, stack moved last: (84, 84, 4), not the raw screen).
     """
-    if env is not None and env.episodic_life and ale_game(env_id) is None:
-        raise EnvError(f"--episodic_life needs an Atari game (ALE/Name-v5 ids), not {env_id!r}")
-    if ale_game(env_id) is None:
+    is_ale = ale_game(env_id) is not None
+    problems = []
+    if env is not None and env.episodic_life and not is_ale:
+        problems.append(f"--episodic_life needs an Atari game (ALE/Name-v5 ids), not {env_id!r}")
+    if env is not None and env.env_backend == "ale_vector" and not is_ale:
+        problems.append(f"--env_backend=ale_vector steps Atari games only (ALE/Name-v5 ids), "
+                        f"not {env_id!r}; use --env_backend=threads")
+    if not is_ale:
         try:
             gym.spec(resolve_env_id(env_id))
+        except EnvError as exc:
+            problems.append(str(exc))
         except gym.error.Error as exc:
-            raise EnvError(f"unknown env id {env_id!r}: {exc}") from None
+            problems.append(f"unknown env id {env_id!r}: {exc}")
+    if problems:  # all of them at once: the env cannot be built to check the rest
+        raise EnvError("; ".join(problems))
     try:
         vec = make_vector_env(env_id, 1, env)
     except EnvError:

@@ -11,6 +11,12 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     return (lines[0] if lines else type(exc).__name__)[:limit]
 
 
+class UserError(Exception):
+    """A problem with what the user gave (a flag, a flagfile, an env id, a logdir, a
+    checkpoint...): the command line ends with one line on stderr and exit code 2. Every
+    module raises this (or a subclass); `ga3c.cli` catches it in one place."""
+
+
 class RunError(Exception):
     """A failure that ends a run as one line on stderr and exit code 1, without a traceback:
     the message says what happened and where (not a bug in ga3c, so the stack adds nothing)."""

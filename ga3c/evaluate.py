@@ -16,12 +16,8 @@ import numpy as np
 
 from ga3c.agent import sample_actions
 from ga3c.config import Config
-from ga3c.envs import EnvError, env_backend, inspect_env, make_single_env, make_vector_env
-from ga3c.errors import first_line
-
-
-class EvalError(Exception):
-    """A problem with the user's input (shown as one line, exit 2)."""
+from ga3c.envs import env_backend, inspect_env, make_single_env, make_vector_env
+from ga3c.errors import UserError, first_line
 
 
 @dataclasses.dataclass
@@ -52,17 +48,17 @@ class EvalSummary:
 def load_run_config(logdir: str) -> Config:
     path = os.path.join(logdir, "config.json")
     if not os.path.isdir(logdir):
-        raise EvalError(f"logdir {logdir!r} does not exist")
+        raise UserError(f"logdir {logdir!r} does not exist")
     if not os.path.exists(path):
-        raise EvalError(f"{logdir!r} is not a ga3c run: no config.json in it")
+        raise UserError(f"{logdir!r} is not a ga3c run: no config.json in it")
     try:
         with open(path) as f:
             config = Config.from_dict(json.load(f))
     except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise EvalError(f"cannot read {path}: {exc}") from None
+        raise UserError(f"cannot read {path}: {exc}") from None
     problems = config.validate()
     if problems:
-        raise EvalError(f"{path} is not a valid ga3c config: {'; '.join(problems)}")
+        raise UserError(f"{path} is not a valid ga3c config: {'; '.join(problems)}")
     return config
 
 
@@ -71,18 +67,18 @@ def find_checkpoint(logdir: str, checkpoint: str | None) -> str:
 
     if checkpoint:
         if not os.path.exists(checkpoint + ".index"):
-            raise EvalError(f"checkpoint {checkpoint!r} not found (expected {checkpoint}.index)")
+            raise UserError(f"checkpoint {checkpoint!r} not found (expected {checkpoint}.index)")
         return checkpoint
     latest = tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints"))
     if latest is None:
-        raise EvalError(f"no checkpoint in {os.path.join(logdir, 'checkpoints')}")
+        raise UserError(f"no checkpoint in {os.path.join(logdir, 'checkpoints')}")
     return latest
 
 
 def check_video_support() -> None:
     # gymnasium's RecordVideo writes mp4 files through moviepy.
     if importlib.util.find_spec("moviepy") is None:
-        raise EvalError("--video_dir needs moviepy: pip install -e '.[video]'")
+        raise UserError("--video_dir needs moviepy: pip install -e '.[video]'")
 
 
 def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
@@ -93,9 +89,9 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
     from ga3c.learner import Learner
 
     if policy not in ("greedy", "sample"):
-        raise EvalError(f"--policy={policy!r}: must be 'greedy' or 'sample'")
+        raise UserError(f"--policy={policy!r}: must be 'greedy' or 'sample'")
     if episodes < 1:
-        raise EvalError(f"--episodes={episodes}: must be >= 1")
+        raise UserError(f"--episodes={episodes}: must be >= 1")
     config = load_run_config(logdir)
     path = find_checkpoint(logdir, checkpoint)
     run_env = config.env.env_id
@@ -103,13 +99,10 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
     # The run's env settings (sticky actions, frame cap), on the env asked for; whole games.
     env_config = dataclasses.replace(config.env, env_id=env_id, episodic_life=False,
                                      env_backend="auto")
-    try:
-        spec = inspect_env(env_id, env_config)
-        run_spec = spec if env_id == run_env else inspect_env(run_env, config.env)
-    except EnvError as exc:
-        raise EvalError(str(exc)) from None
+    spec = inspect_env(env_id, env_config)
+    run_spec = spec if env_id == run_env else inspect_env(run_env, config.env)
     if (spec.obs_shape, spec.num_actions) != (run_spec.obs_shape, run_spec.num_actions):
-        raise EvalError(f"env mismatch: {env_id} has observations {spec.obs_shape} and "
+        raise UserError(f"env mismatch: {env_id} has observations {spec.obs_shape} and "
                         f"{spec.num_actions} actions; the run was trained on {run_env} with "
                         f"{run_spec.obs_shape} and {run_spec.num_actions}")
     if video_dir:
@@ -120,7 +113,7 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
         tf.train.Checkpoint(model=learner.model).restore(path).expect_partial() \
             .assert_existing_objects_matched()
     except Exception as exc:  # noqa: BLE001 - any failure means "cannot evaluate it"
-        raise EvalError(f"cannot restore checkpoint {path}: {first_line(exc)}") from None
+        raise UserError(f"cannot restore checkpoint {path}: {first_line(exc)}") from None
 
     def act(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         logits, _ = learner.predict(np.asarray(obs, spec.obs_dtype))
@@ -196,10 +189,10 @@ def _play_recorded(env_id: str, env_config, episodes: int, seed: int, video_dir:
             frame = env.render()
         except Exception as exc:  # noqa: BLE001 - e.g. pygame missing
             env.close()
-            raise EvalError(f"cannot render {env_id} for video: {exc}") from None
+            raise UserError(f"cannot render {env_id} for video: {exc}") from None
         if not isinstance(frame, np.ndarray):
             env.close()
-            raise EvalError(f"{env_id} renders no rgb_array frames, so no video can be made")
+            raise UserError(f"{env_id} renders no rgb_array frames, so no video can be made")
         with warnings.catch_warnings():  # the folder exists: ga3c-eval checked it is writable
             warnings.filterwarnings("ignore", message=".*Overwriting existing videos.*")
             return gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True,

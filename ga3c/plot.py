@@ -10,11 +10,8 @@ import os
 
 import numpy as np
 
+from ga3c.errors import UserError
 from ga3c.stats import read_episode_rows
-
-
-class PlotError(Exception):
-    """A problem with the user's input (shown as one line, exit 2)."""
 
 
 def read_episodes(logdir: str) -> dict[str, np.ndarray]:
@@ -25,10 +22,10 @@ def read_episodes(logdir: str) -> dict[str, np.ndarray]:
     """
     path = os.path.join(logdir, "episodes.csv")
     if not os.path.exists(path):
-        raise PlotError(f"no episodes.csv in {logdir!r}")
+        raise UserError(f"no episodes.csv in {logdir!r}")
     rows = read_episode_rows(path)
     if not len(rows):
-        raise PlotError(f"{path} has no episodes yet")
+        raise UserError(f"{path} has no episodes yet")
     steps = rows[:, 1]
     rows = rows[steps <= np.minimum.accumulate(steps[::-1])[::-1]]
     return {"wall_time": rows[:, 0], "env_steps": rows[:, 1], "episode_return": rows[:, 2]}
@@ -44,17 +41,17 @@ def rolling_mean(x: np.ndarray, window: int) -> np.ndarray:
 
 def plot_runs(logdirs: list[str], out: str, window: int = 100, title: str | None = None) -> str:
     if not out.lower().endswith(".png"):
-        raise PlotError(f"--out={out!r}: must be a .png file")
+        raise UserError(f"--out={out!r}: must be a .png file")
     out_dir = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(out_dir):
-        raise PlotError(f"cannot write {out!r}: {out_dir} does not exist")
+        raise UserError(f"cannot write {out!r}: {out_dir} does not exist")
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise PlotError("ga3c-plot needs matplotlib: pip install -e '.[plot]'") from None
+        raise UserError("ga3c-plot needs matplotlib: pip install -e '.[plot]'") from None
     runs = [(logdir, read_episodes(logdir)) for logdir in logdirs]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for i, (logdir, data) in enumerate(runs):
@@ -76,7 +73,7 @@ def plot_runs(logdirs: list[str], out: str, window: int = 100, title: str | None
     try:
         fig.savefig(out, dpi=110)
     except OSError as exc:
-        raise PlotError(f"cannot write {out!r}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot write {out!r}: {exc.strerror or exc}") from None
     finally:
         plt.close(fig)
     return out

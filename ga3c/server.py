@@ -31,7 +31,8 @@ from ga3c.agent import Agent
 from ga3c.autotune import Autotuner
 from ga3c.config import Config
 from ga3c.envs import EnvSpec, make_agent_envs
-from ga3c.errors import NonFiniteError, RunError, WriteError, first_line, write_error_reason
+from ga3c.errors import (NonFiniteError, RunError, UserError, WriteError, first_line,
+                         write_error_reason)
 from ga3c.learner import Learner
 from ga3c.predictor import PredictorGroup
 from ga3c.stats import Stats, Window, read_recent_returns
@@ -39,10 +40,6 @@ from ga3c.threads import POLL_SECONDS, Failure
 from ga3c.trainer import TrainerGroup
 
 JOIN_SECONDS = 10.0
-
-
-class SetupError(Exception):
-    """A problem found before training starts (bad logdir, unreadable checkpoint...)."""
 
 
 def log(message: str) -> None:
@@ -70,7 +67,7 @@ class Checkpointer:
         try:
             self.checkpoint.restore(path).assert_existing_objects_matched()
         except Exception as exc:  # noqa: BLE001 - any failure means "cannot resume from it"
-            raise SetupError(f"cannot restore checkpoint {path}: {first_line(exc)} "
+            raise UserError(f"cannot restore checkpoint {path}: {first_line(exc)} "
                              "(use a new --logdir, or move that checkpoint away)") from None
         steps, episodes, updates = (int(x) for x in self.counters.numpy())
         self._saved_counts = (steps, updates)
@@ -258,16 +255,16 @@ class Server:
         try:
             self.checkpointer = Checkpointer(self.learner, ckdir, cfg.run.keep_checkpoints)
         except Exception as exc:  # noqa: BLE001 - e.g. an empty or garbled state file
-            raise SetupError(f"cannot read the checkpoint state in {ckdir}: "
+            raise UserError(f"cannot read the checkpoint state in {ckdir}: "
                              f"{first_line(exc)}") from None
         if self.checkpointer.latest is None and os.path.isdir(ckdir) and any(
                 f.endswith(".index") for f in os.listdir(ckdir)):
-            raise SetupError(f"{ckdir} holds checkpoints but its 'checkpoint' state file is "
+            raise UserError(f"{ckdir} holds checkpoints but its 'checkpoint' state file is "
                              "missing or unreadable; restore it, or use a new --logdir")
         self.resumed: dict | None = None
         if self.checkpointer.latest:
             if not cfg.run.resume:
-                raise SetupError(f"{self.logdir} already holds checkpoints and --resume=false: "
+                raise UserError(f"{self.logdir} already holds checkpoints and --resume=false: "
                                  "use a new --logdir, or --resume to continue that run")
             self.resumed = self.checkpointer.restore_latest()
             self.learner.set_version(self.resumed["updates"])

@@ -62,6 +62,17 @@ def snapshot(directory):
 
 
 # -- bad input: one line, exit 2, nothing written ------------------------------------------
+def train_in_process(monkeypatch, capsys, *args):
+    """`ga3c-train`'s entry function in this process (no signal handlers installed): what a
+    subprocess would exit with, and its stdout/stderr."""
+    import ga3c.cli
+
+    monkeypatch.setattr(ga3c.cli, "_signals", ga3c.cli.StopSignals())
+    code = ga3c.cli.main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
 @pytest.mark.parametrize("args, needles", [
     (["--flagfile=configs/does_not_exist.cfg"], ["does_not_exist.cfg"]),
     (["--no_such_flag=1"], ["no_such_flag"]),
@@ -73,14 +84,23 @@ def snapshot(directory):
     (["--env=Pendulum-v1"], ["Pendulum-v1", "Discrete"]),
     (["--env=no_such_module:Thing-v0"], ["no_such_module"]),
     (["--env=:Thing-v0"], [":Thing-v0"]),
-    (["--env=ALE/NoSuchGame-v5"], ["no_such_game"]),
+    (["--env=ALE/NoSuchGame-v5"], ["NoSuchGame"]),
     (["--seed=4294967296"], ["seed"]),
+    (["--env=CartPole-v1", "--env_backend=ale_vector"], ["--env_backend=ale_vector steps Atari"]),
+    (["--env=CartPole-v1", "--episodic_life"], ["--episodic_life needs an Atari game"]),
 ])
-def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, args, needles):
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, monkeypatch, capsys, args, needles):
     logdir = tmp_path / "run"
-    proc = run_cli(f"--logdir={logdir}", *args)
+    proc = train_in_process(monkeypatch, capsys, f"--logdir={logdir}", *args)
     assert_one_line_error(proc, *needles)
     assert not logdir.exists()
+
+
+def test_bad_input_through_the_real_program_is_one_line_and_exit_2(tmp_path):
+    """The same, once, through the installed program's path (a subprocess)."""
+    proc = run_cli(f"--logdir={tmp_path}/run", "--num_agents=0", "--env=NoSuchEnv-v0")
+    assert_one_line_error(proc, "num_agents=0", "NoSuchEnv-v0")
+    assert not (tmp_path / "run").exists()
 
 
 def test_unwritable_logdir(tmp_path):

@@ -189,6 +189,19 @@ def test_bad_input(argv, fragment):
     assert "\n" not in message  # shown as one line
 
 
+def test_env_problems_are_listed_with_the_config_problems():
+    """Checks that need the env id run with the others: one edit fixes the command line."""
+    with pytest.raises(BadInput) as info:
+        parse_config(["--env=CartPole-v1", "--episodic_life", "--env_backend=ale_vector",
+                      "--num_agents=0"], check_env=True)
+    message = str(info.value)
+    for needle in ("num_agents=0", "--episodic_life needs an Atari game",
+                   "--env_backend=ale_vector steps Atari"):
+        assert needle in message, message
+    config, spec = parse_config(["--env=CartPole-v1"], check_env=True)
+    assert config.env.env_id == "CartPole-v1" and spec.num_actions == 2
+
+
 def test_bad_flag_inside_flagfile(tmp_path):
     cfg = tmp_path / "bad.cfg"
     cfg.write_text("--num_agents=2\n--typo_flag=3\n")
