@@ -83,7 +83,7 @@ def measure_window(stats: Stats, warmup: float, seconds: float, failure: Failure
     """Rates of the pipeline over `seconds` after `warmup`, plus CPU use and lag."""
     time.sleep(warmup)
     after_warmup()
-    stats.window()  # discard the warm-up
+    before = stats.snapshot()  # the warm-up does not count
     on_start()
     cpu0 = cpu_seconds()
     t0 = time.monotonic()
@@ -93,16 +93,14 @@ def measure_window(stats: Stats, warmup: float, seconds: float, failure: Failure
         util = gpu_utilisation()
         if util is not None:
             gpu.append(util)
-    w = stats.window()
+    w = stats.window(before)
     wall = time.monotonic() - t0
     return dict(
         env_steps_per_s=w.env_steps_per_s, predictions_per_s=w.predictions_per_s,
         trainings_per_s=w.trainings_per_s, samples_per_s=w.samples_per_s,
         mean_predict_batch=w.mean_predict_batch, mean_train_batch=w.mean_train_batch,
         policy_lag_mean=w.policy_lag_mean, policy_lag_p95=w.policy_lag_p95,
-        # What lasts: while the training queue fills, envs run ahead of training (and behind
-        # it while the queue drains); the slower of the two is the sustained rate.
-        throughput=min(w.env_steps_per_s, w.samples_per_s),
+        throughput=w.throughput,
         cpu_percent=100.0 * (cpu_seconds() - cpu0) / wall,
         gpu_percent=float(np.mean(gpu)) if gpu else None,
     )
@@ -121,59 +119,52 @@ def run_pipeline(config: Config, env_spec, warmup: float, seconds: float,
     measured (`layout`, `decisions` in the result). `compare_layout`: then switch the same
     running service to that layout and measure it too (`compare_throughput`), so the
     two are compared side by side, with the same model and episodes."""
-    from ga3c.server import Server
+    from ga3c.server import build_service
 
-    server = Server(config, env_spec)
-    server.setup()
+    service = build_service(config, env_spec)
     result: dict = {}
     depths: list[dict] = []
+    measuring = threading.Event()
+    sampler_stop = threading.Event()
 
-    def watch():
-        while not server.stop.is_set() and not hasattr(server, "pipeline"):
-            time.sleep(0.01)
-        if server.stop.is_set():
-            return
-        measuring = threading.Event()
-        sampler_stop = threading.Event()
+    def sample_depths():  # queue depths over the measured window only
+        measuring.wait(warmup + 5)
+        while not sampler_stop.wait(0.2):
+            depths.append(service.pipeline.queue_depths())
 
-        def sample_depths():  # queue depths over the measured window only
-            measuring.wait(warmup + 5)
-            while not sampler_stop.wait(0.2):
-                depths.append(server.pipeline.queue_depths())
+    def freeze_tuner():
+        if service.autotuner is not None:
+            service.autotuner.freeze()
+            time.sleep(SETTLE_SECONDS)  # threads it started or retired settle
 
-        def freeze_tuner():
-            if server.autotuner is not None:
-                server.autotuner.freeze()
-                time.sleep(SETTLE_SECONDS)  # threads it started or retired settle
-
-        sampler = threading.Thread(target=sample_depths, daemon=True)
+    sampler = threading.Thread(target=sample_depths, daemon=True)
+    service.start()
+    try:
         sampler.start()
-        result.update(measure_window(server.stats, warmup, seconds, server.failure,
+        result.update(measure_window(service.stats, warmup, seconds, service.failure,
                                      on_start=measuring.set, after_warmup=freeze_tuner))
-        result["layout"] = server.pipeline.counts()
-        if server.autotuner is not None:
-            result["decisions"] = [dataclasses.asdict(d) for d in server.autotuner.decisions]
+        result["layout"] = service.pipeline.counts()
+        if service.autotuner is not None:
+            result["decisions"] = [dataclasses.asdict(d) for d in service.autotuner.decisions]
         sampler_stop.set()
-        if compare_layout is not None and not server.failure:
+        if compare_layout is not None and not service.failure:
             # Windows tuned (above), best, best, tuned: A-B-B-A, so a steady drift of the
             # machine weighs both layouts alike.
-            tuned_layout, rates = server.pipeline.counts(), {"best": [], "tuned": []}
+            tuned_layout, rates = service.pipeline.counts(), {"best": [], "tuned": []}
             for name, layout in (("best", compare_layout), ("best", compare_layout),
                                  ("tuned", tuned_layout)):
-                set_layout(server.pipeline, layout)
-                window = measure_window(server.stats, SETTLE_SECONDS, seconds, server.failure)
+                set_layout(service.pipeline, layout)
+                window = measure_window(service.stats, SETTLE_SECONDS, seconds, service.failure)
                 rates[name].append(window["throughput"])
             result["compare_layout"] = dict(compare_layout)
             result["compare_throughput"] = float(np.mean(rates["best"]))
             result["tuned_throughput_again"] = rates["tuned"][0]
-        server.request_stop("benchmark window over")
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    code = server.run()
-    watcher.join(timeout=10)
-    if code != 0 or not result:
-        raise RuntimeError(f"pipeline run failed (exit {code}): {server.failure.traceback}")
+    finally:
+        sampler_stop.set()
+        service.request_stop("benchmark window over")
+        ended = service.stop()
+    if not ended.ok:
+        raise RuntimeError(f"pipeline run failed: {ended.error or ended.traceback}")
     for key in ("predict", "train"):
         result[f"mean_{key}_queue"] = float(np.mean([d[key] for d in depths])) if depths else 0.0
     return result
@@ -181,7 +172,7 @@ def run_pipeline(config: Config, env_spec, warmup: float, seconds: float,
 
 def env_only_ceiling(config: Config, warmup: float, seconds: float) -> float:
     """Env steps/s of the same agents and thread layout when the model costs nothing."""
-    from ga3c.server import Pipeline
+    from ga3c.pipeline import Pipeline
 
     stop, failure = threading.Event(), Failure()
     stats = Stats(None)
@@ -342,9 +333,7 @@ def main(argv: list[str]) -> int:
             combos = [*combos, {"autotune": "true"}]
         for combo in combos:
             extra = [f"--{k}={v}" for k, v in combo.items()]
-            configs.append((combo, parse_config([*ga3c_flags, *extra, "--resume=false",
-                                                 "--log_every_seconds=1e9",
-                                                 "--checkpoint_every_seconds=1e9"])))
+            configs.append((combo, parse_config([*ga3c_flags, *extra, "--resume=false"])))
     except BadInput as exc:
         print(f"throughput.py: error: {exc}", file=sys.stderr)
         return 2

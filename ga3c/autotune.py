@@ -23,7 +23,8 @@ would take for an effect of the change. Removing a thread never loses work: a re
 finishes its step and sends its partial segment, a retired predictor hands back a request it
 holds, a retired trainer puts its batch back on the queue.
 
-Pure Python (no TensorFlow): `pipeline` needs `counts()` and `resize(knob, delta)`.
+Pure Python (no TensorFlow): `pipeline` needs `counts()` and `resize(knob, delta)`, `stats`
+`snapshot()` and `window(a, b).throughput` (`ga3c.stats`: the one definition of throughput).
 """
 
 from __future__ import annotations
@@ -62,14 +63,14 @@ class Decision:
 
 
 class Autotuner(Worker):
-    def __init__(self, pipeline, counts_fn: Callable[[], tuple[int, ...]],
+    def __init__(self, pipeline, stats,
                  bounds: dict[str, tuple[int, int]],
                  window_seconds: float, margin: float, log: Callable[[str], None],
                  stop: threading.Event, failure: Failure, settle_seconds: float | None = None
                  ) -> None:
         super().__init__("autotune", stop, failure)
         self._pipeline = pipeline
-        self._counts_fn = counts_fn  # cumulative work counters: throughput is their slowest
+        self._stats = stats  # snapshot() and window(a, b).throughput, as ga3c.stats.Stats
         self._bounds = bounds
         self._window = window_seconds
         self._margin = margin
@@ -100,11 +101,10 @@ class Autotuner(Worker):
         """Throughput over one window after settling (None if stopped meanwhile)."""
         if not self._sleep(self._settle):
             return None
-        c0, t0 = self._counts_fn(), time.monotonic()
+        before = self._stats.snapshot()
         if not self._sleep(self._window):
             return None
-        c1 = self._counts_fn()
-        return min(b - a for a, b in zip(c0, c1)) / max(time.monotonic() - t0, 1e-9)
+        return self._stats.window(before, self._stats.snapshot()).throughput
 
     def _allowed(self, knob: str, delta: int) -> bool:
         low, high = self._bounds[knob]

@@ -159,19 +159,15 @@ def parse_config(argv: list[str], check_env: bool = False):
                       for f in dataclasses.fields(cls)})
 
     config = Config(**{name: section(cls) for name, cls in Config.section_types().items()})
-    problems = config.validate()
-    env_spec = None
-    if check_env and config.env.env_id.strip():
+    if check_env:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from ga3c.envs import EnvError, inspect_env
+        from ga3c.envs import check_config
 
-        try:
-            env_spec = inspect_env(config.env.env_id, config.env)
-        except EnvError as exc:
-            problems.append(str(exc))
+        return config, check_config(config)
+    problems = config.validate()
     if problems:
         raise BadInput("invalid config: " + "; ".join(problems))
-    return (config, env_spec) if check_env else config
+    return config
 
 
 def help_text(define, usage: str) -> str:
@@ -352,12 +348,32 @@ def train(argv: list[str]) -> int:
           f"TensorFlow {tf.__version__}; XLA {'on' if config.run.xla else 'off'}; "
           f"mixed precision {'on (bfloat16)' if config.run.mixed_precision else 'off'}",
           flush=True)
-    from ga3c.server import Server
+    import ga3c
 
-    server = Server(config, env_spec)
-    server.setup()
-    signals.hand_over(server)
-    return server.run()
+    return report(ga3c.train(config, env_spec=env_spec, hand_over=signals.hand_over))
+
+
+def report(result) -> int:
+    """A `RunResult` as the console shows it, and the exit code: 0 stopped cleanly, 1 a
+    divergence or a failed write (one line) or a failed thread (its traceback)."""
+    from ga3c.pipeline import JOIN_SECONDS
+    from ga3c.server import log
+
+    if result.error is not None:
+        print(f"ga3c: error: {result.error}", file=sys.stderr, flush=True)
+        return 1
+    if result.traceback is not None:
+        print(f"ga3c: thread {result.failed_thread} failed:\n{result.traceback}",
+              file=sys.stderr, flush=True)
+        return 1
+    if result.stuck_threads:
+        print(f"ga3c: threads did not stop within {JOIN_SECONDS:.0f}s: {result.stuck_threads}",
+              file=sys.stderr)
+    score = "n/a" if result.score is None else f"{result.score:.1f}"
+    log(f"stopped ({result.stop_reason}) after {result.env_steps:,} env steps, "
+        f"{result.episodes:,} episodes, {result.train_seconds:.1f}s of training; "
+        f"score100 {score}; checkpoint {result.checkpoint}")
+    return 0
 
 
 def define_eval_flags(fv: flags.FlagValues) -> None:
@@ -423,9 +439,10 @@ def evaluate_run(argv: list[str]) -> int:
 
     summary = evaluate(fv.logdir, fv.episodes, fv.policy, fv.seed, fv.checkpoint,
                        fv.video_dir, fv.env)
-    env_part = f"-{summary.env.replace('/', '_').replace(':', '_')}" if fv.env else ""
-    path = fv.json or os.path.join(
-        fv.logdir, f"eval-{os.path.basename(summary.checkpoint)}{env_part}-{fv.policy}.json")
+    from ga3c.rundir import RunDir
+
+    path = fv.json or RunDir(fv.logdir).eval_json(summary.checkpoint, fv.policy,
+                                                   summary.env if fv.env else None)
     write_summary(summary, path)
     print(summary.table())
     if summary.note:

@@ -11,7 +11,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.wrappers.vector import TransformObservation
 
-from ga3c.config import EnvConfig
+from ga3c.config import Config, EnvConfig
 from ga3c.errors import UserError
 
 
@@ -284,3 +284,18 @@ def inspect_env(env_id: str, env: EnvConfig | None = None) -> EnvSpec:
         raise EnvError(f"env {env_id!r} has {obs.dtype} frames; the CNN takes uint8 frames")
     dtype = np.dtype(np.float32) if np.issubdtype(obs.dtype, np.floating) else np.dtype(obs.dtype)
     return EnvSpec(tuple(obs.shape), dtype, int(act.n))
+
+
+def check_config(config: Config) -> EnvSpec:
+    """The env's spec, after every check of `config` (its own and the env's): UserError
+    listing every problem at once."""
+    problems = config.validate()
+    spec = None
+    if config.env.env_id.strip():
+        try:
+            spec = inspect_env(config.env.env_id, config.env)
+        except EnvError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise UserError("invalid config: " + "; ".join(problems))
+    return spec

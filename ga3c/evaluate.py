@@ -15,9 +15,9 @@ import gymnasium as gym
 import numpy as np
 
 from ga3c.agent import sample_actions
-from ga3c.config import Config
 from ga3c.envs import env_backend, inspect_env, make_single_env, make_vector_env
-from ga3c.errors import UserError, first_line
+from ga3c.errors import UserError
+from ga3c.rundir import RunDir
 
 
 @dataclasses.dataclass
@@ -45,36 +45,6 @@ class EvalSummary:
                 f"{self.mean_length:>9.1f}")
 
 
-def load_run_config(logdir: str) -> Config:
-    path = os.path.join(logdir, "config.json")
-    if not os.path.isdir(logdir):
-        raise UserError(f"logdir {logdir!r} does not exist")
-    if not os.path.exists(path):
-        raise UserError(f"{logdir!r} is not a ga3c run: no config.json in it")
-    try:
-        with open(path) as f:
-            config = Config.from_dict(json.load(f))
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
-    problems = config.validate()
-    if problems:
-        raise UserError(f"{path} is not a valid ga3c config: {'; '.join(problems)}")
-    return config
-
-
-def find_checkpoint(logdir: str, checkpoint: str | None) -> str:
-    import tensorflow as tf
-
-    if checkpoint:
-        if not os.path.exists(checkpoint + ".index"):
-            raise UserError(f"checkpoint {checkpoint!r} not found (expected {checkpoint}.index)")
-        return checkpoint
-    latest = tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints"))
-    if latest is None:
-        raise UserError(f"no checkpoint in {os.path.join(logdir, 'checkpoints')}")
-    return latest
-
-
 def check_video_support() -> None:
     # gymnasium's RecordVideo writes mp4 files through moviepy.
     if importlib.util.find_spec("moviepy") is None:
@@ -84,16 +54,17 @@ def check_video_support() -> None:
 def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
              checkpoint: str | None = None, video_dir: str | None = None,
              env_id: str | None = None) -> EvalSummary:
-    import tensorflow as tf
-
-    from ga3c.learner import Learner
+    from ga3c.checkpoints import find_checkpoint, restore_network
+    from ga3c.network import build_network
+    from ga3c.policy import Policy
 
     if policy not in ("greedy", "sample"):
         raise UserError(f"--policy={policy!r}: must be 'greedy' or 'sample'")
     if episodes < 1:
         raise UserError(f"--episodes={episodes}: must be >= 1")
-    config = load_run_config(logdir)
-    path = find_checkpoint(logdir, checkpoint)
+    run_dir = RunDir(logdir)
+    config = run_dir.read_config()
+    path = find_checkpoint(run_dir.checkpoints, checkpoint)
     run_env = config.env.env_id
     env_id = env_id or run_env
     # The run's env settings (sticky actions, frame cap), on the env asked for; whole games.
@@ -107,16 +78,13 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
                         f"{run_spec.obs_shape} and {run_spec.num_actions}")
     if video_dir:
         check_video_support()
-    learner = Learner(spec.obs_shape, spec.obs_dtype, spec.num_actions, config.network,
-                      config.algo)
-    try:
-        tf.train.Checkpoint(model=learner.model).restore(path).expect_partial() \
-            .assert_existing_objects_matched()
-    except Exception as exc:  # noqa: BLE001 - any failure means "cannot evaluate it"
-        raise UserError(f"cannot restore checkpoint {path}: {first_line(exc)}") from None
+    # The network alone (no optimizer, no training step), restored from the checkpoint.
+    model = build_network(spec.obs_shape, spec.obs_dtype.name, spec.num_actions, config.network)
+    restore_network(model, path)
+    played = Policy(model, spec.obs_dtype, path)
 
     def act(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        logits, _ = learner.predict(np.asarray(obs, spec.obs_dtype))
+        logits, _ = played.logits_and_values(obs)
         return np.argmax(logits, axis=1) if policy == "greedy" else sample_actions(logits, rng)
 
     rng = np.random.default_rng(seed)

@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from ga3c.errors import UserError
+from ga3c.rundir import RunDir
 from ga3c.stats import read_episode_rows
 
 
@@ -20,7 +21,7 @@ def read_episodes(logdir: str) -> dict[str, np.ndarray]:
     Rows a resumed run superseded are dropped too: written after the checkpoint it resumed
     from, their env_steps exceed a later row's.
     """
-    path = os.path.join(logdir, "episodes.csv")
+    path = RunDir(logdir).episodes_csv
     if not os.path.exists(path):
         raise UserError(f"no episodes.csv in {logdir!r}")
     rows = read_episode_rows(path)

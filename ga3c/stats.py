@@ -1,4 +1,10 @@
-"""Thread-safe counters, current rates over a window, the console line, episodes.csv.
+"""Thread-safe cumulative counters, rates between two snapshots, the console line,
+episodes.csv.
+
+Counters only ever grow. A reader takes `snapshot()`s and asks for the `window(a, b)` between
+two of them; reading changes nothing, so any number of readers (the console, the autotuner,
+the benchmark) share one Stats without stealing each other's windows. Throughput, everywhere,
+is `throughput()`: min(env steps/s, samples trained/s).
 
 Pure Python + numpy (no TensorFlow): the TensorBoard writer lives in `ga3c.server`.
 """
@@ -17,6 +23,23 @@ import numpy as np
 
 COUNTERS = ("env_steps", "episodes", "predict_calls", "predictions", "train_calls",
             "train_samples")
+MAX_LAG_BATCHES = 10_000  # policy lags kept for windows: the latest training batches'
+
+
+def throughput(env_steps_per_s: float, samples_per_s: float) -> float:
+    """What lasts: while the bounded training queue fills, envs run ahead of what is trained
+    (and behind it while the queue drains); the slower of the two is the sustained rate."""
+    return min(env_steps_per_s, samples_per_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The cumulative counters at one moment."""
+
+    time: float  # time.monotonic()
+    counts: dict[str, int]
+    loss_sums: dict[str, float]
+    loss_count: int
 
 
 @dataclasses.dataclass
@@ -39,6 +62,10 @@ class Window:
     policy_lag_p95: float | None
     losses: dict[str, float]
     rss_mib: float  # resident memory now (a long run's should stay flat)
+
+    @property
+    def throughput(self) -> float:
+        return throughput(self.env_steps_per_s, self.samples_per_s)
 
     def console_line(self, queue_depths: dict[str, int]) -> str:
         score = "   n/a" if self.mean_score is None else f"{self.mean_score:7.1f}"
@@ -65,17 +92,27 @@ class Stats:
         self._counts["env_steps"] = start_env_steps
         self._counts["episodes"] = start_episodes
         self._returns = collections.deque(recent_returns or [], maxlen=100)
-        self._lags: list[np.ndarray] = []  # one array per training batch of this window
+        # (train_calls after the batch, its lags): bounded even if nobody reads them
+        self._lags: collections.deque = collections.deque(maxlen=MAX_LAG_BATCHES)
         self._loss_sums: dict[str, float] = collections.defaultdict(float)
         self._loss_count = 0
         self._start_seconds = start_seconds
-        self._t0 = time.monotonic()
-        self._last = (self._t0, dict(self._counts))
         self._csv_file = None
         self._csv = None
+        self.restart_clock()
         if episodes_csv is not None:
-            new = not os.path.exists(episodes_csv) or os.path.getsize(episodes_csv) == 0
-            ends_mid_row = not new and _last_byte(episodes_csv) != b"\n"
+            self.log_episodes_to(episodes_csv)
+
+    def restart_clock(self) -> None:
+        """This process's training seconds, and `window()`'s default start, count from now."""
+        self._t0 = time.monotonic()
+        self.started = self.snapshot()
+
+    def log_episodes_to(self, episodes_csv: str) -> None:
+        """Append a row per finished episode to `episodes_csv` from now on."""
+        new = not os.path.exists(episodes_csv) or os.path.getsize(episodes_csv) == 0
+        ends_mid_row = not new and _last_byte(episodes_csv) != b"\n"
+        with self._lock:
             self._csv_file = open(episodes_csv, "a", newline="", buffering=1 << 16)
             self._csv = csv.writer(self._csv_file)
             if ends_mid_row:  # a killed run left half a row: end it, so ours start clean
@@ -107,8 +144,7 @@ class Stats:
         with self._lock:
             self._counts["train_calls"] += 1
             self._counts["train_samples"] += batch
-            if len(self._lags) < 10_000:  # bounded even if nobody reads the window
-                self._lags.append(lags)
+            self._lags.append((self._counts["train_calls"], lags))
             for k, v in losses.items():
                 self._loss_sums[k] += v
             self._loss_count += 1
@@ -137,29 +173,34 @@ class Stats:
     def num_recent(self) -> int:
         return len(self._returns)
 
-    def window(self) -> Window:
-        """Rates since the previous call (the first call measures from construction)."""
+    def snapshot(self) -> Snapshot:
         with self._lock:
-            now = time.monotonic()
-            counts = dict(self._counts)
-            lags, self._lags = self._lags, []
-            losses = {k: v / self._loss_count for k, v in self._loss_sums.items()}
-            self._loss_sums.clear()
-            self._loss_count = 0
-            score = float(np.mean(self._returns)) if self._returns else None
             if self._csv_file is not None:
                 self._csv_file.flush()
+            return Snapshot(time.monotonic(), dict(self._counts), dict(self._loss_sums),
+                            self._loss_count)
+
+    def window(self, since: Snapshot | None = None, until: Snapshot | None = None) -> Window:
+        """What happened between two snapshots (default: since `restart_clock()`, until now).
+        Reading changes nothing: every reader keeps its own snapshots."""
+        since = since or self.started
+        until = until or self.snapshot()
+        with self._lock:
+            lags = [a for calls, a in self._lags
+                    if since.counts["train_calls"] < calls <= until.counts["train_calls"]]
+            score = float(np.mean(self._returns)) if self._returns else None
         lags = np.concatenate(lags) if lags else np.zeros(0)
-        t_prev, prev = self._last
-        self._last = (now, counts)
-        dt = max(now - t_prev, 1e-9)
-        d = {k: counts[k] - prev[k] for k in counts}
+        dt = max(until.time - since.time, 1e-9)
+        d = {k: until.counts[k] - since.counts[k] for k in until.counts}
+        loss_count = until.loss_count - since.loss_count
+        losses = {k: (v - since.loss_sums.get(k, 0.0)) / loss_count
+                  for k, v in until.loss_sums.items()} if loss_count else {}
         return Window(
             seconds=dt,
             env_steps=d["env_steps"],
             episodes=d["episodes"],
-            total_env_steps=counts["env_steps"],
-            total_episodes=counts["episodes"],
+            total_env_steps=until.counts["env_steps"],
+            total_episodes=until.counts["episodes"],
             env_steps_per_s=d["env_steps"] / dt,
             predictions_per_s=d["predictions"] / dt,
             trainings_per_s=d["train_calls"] / dt,

@@ -2,6 +2,7 @@
 
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -28,10 +29,14 @@ class SimulatedPipeline:
         self.steps += self.rate(self.layout) * (now - self.t)
         self.t = now
 
-    def env_steps(self) -> tuple[int]:
+    def snapshot(self) -> tuple[float, int]:
         with self.lock:
             self._advance()
-            return (int(self.steps),)
+            return self.t, int(self.steps)
+
+    @staticmethod
+    def window(a, b) -> SimpleNamespace:
+        return SimpleNamespace(throughput=(b[1] - a[1]) / max(b[0] - a[0], 1e-9))
 
     def counts(self) -> dict[str, int]:
         with self.lock:
@@ -52,7 +57,7 @@ def peaked(layout) -> float:
 
 def run_tuner(pipeline, seconds, bounds=BOUNDS, margin=0.05):
     stop, failure, lines = threading.Event(), Failure(), []
-    tuner = Autotuner(pipeline, pipeline.env_steps, bounds, window_seconds=0.15, margin=margin,
+    tuner = Autotuner(pipeline, pipeline, bounds, window_seconds=0.15, margin=margin,
                       log=lines.append, stop=stop, failure=failure, settle_seconds=0.02)
     tuner.start()
     time.sleep(seconds)
@@ -108,7 +113,7 @@ def test_thread_churn_on_the_real_pipeline_loses_no_transitions():
     """Agents, predictors and trainers added and retired under load (CartPole, trivial model):
     every env step reaches training, except what the one trainer left holds while it waits
     for a full batch (fewer than min_train_batch rows)."""
-    from ga3c.server import Pipeline
+    from ga3c.pipeline import Pipeline
 
     config = Config().replace(env__envs_per_agent=8, pipeline__min_train_batch=16,
                               pipeline__max_predict_batch=64)
@@ -152,7 +157,7 @@ def tuner_in_a_trial():
     """A tuner on the peaked simulated pipeline, caught while a trial move is applied."""
     pipeline = SimulatedPipeline(peaked)
     stop, failure = threading.Event(), Failure()
-    tuner = Autotuner(pipeline, pipeline.env_steps, BOUNDS, window_seconds=0.3, margin=0.05,
+    tuner = Autotuner(pipeline, pipeline, BOUNDS, window_seconds=0.3, margin=0.05,
                       log=lambda line: None, stop=stop, failure=failure, settle_seconds=0.02)
     tuner.start()
     deadline = time.monotonic() + 10
@@ -178,7 +183,7 @@ def test_nothing_to_move_and_freeze_do_not_spin():
     """Every knob at its only allowed value: the tuner waits; freeze ends it at once."""
     pipeline = SimulatedPipeline(peaked)
     stop, failure = threading.Event(), Failure()
-    tuner = Autotuner(pipeline, pipeline.env_steps, {k: (1, 1) for k in BOUNDS},
+    tuner = Autotuner(pipeline, pipeline, {k: (1, 1) for k in BOUNDS},
                       window_seconds=0.1, margin=0.05, log=lambda line: None, stop=stop,
                       failure=failure, settle_seconds=0.01)
     tuner.start()

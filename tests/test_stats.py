@@ -34,8 +34,29 @@ def test_stats_writes_rows_and_rates_are_per_window(tmp_path):
     w = stats.window()
     assert w.env_steps == 100 and w.total_episodes == 1 and w.mean_score == 3.0
     assert w.env_steps_per_s > 0
-    w2 = stats.window()  # nothing happened since: a rate, not an average since start
+    w2 = stats.window(stats.snapshot())  # nothing since: a rate, not an average since start
     assert w2.env_steps == 0 and w2.env_steps_per_s == 0.0 and w2.total_env_steps == 100
     stats.close()
     rows = read_episode_rows(str(p))
     assert rows.shape == (1, 4) and rows[0, 1] == 100 and rows[0, 2] == 3.0
+
+
+def test_any_number_of_readers_share_the_counters():
+    """Reading changes nothing: two readers with their own snapshots see the same window,
+    with the losses and policy lags of the training batches inside it only."""
+    stats = Stats(None)
+    stats.add_training(4, np.array([1, 1, 1, 1]), {"loss": 10.0})
+    a = stats.snapshot()
+    stats.add_env_steps(50, np.zeros(0), np.zeros(0))
+    stats.add_training(2, np.array([3, 5]), {"loss": 2.0})
+    stats.add_training(2, np.array([7, 9]), {"loss": 4.0})
+    b = stats.snapshot()
+    first, second = stats.window(a, b), stats.window(a, b)
+    assert first.env_steps == second.env_steps == 50
+    assert first.losses == second.losses == {"loss": 3.0}
+    assert first.policy_lag_mean == second.policy_lag_mean == 6.0
+    assert first.mean_train_batch == 2.0
+    since_start = stats.window(until=b)
+    assert since_start.trainings_per_s * since_start.seconds == 3
+    assert since_start.losses == {"loss": 16.0 / 3}
+    assert first.throughput == min(first.env_steps_per_s, first.samples_per_s) > 0

@@ -25,7 +25,9 @@ from ga3c.envs import inspect_env  # noqa: E402
 from ga3c.errors import NonFiniteError  # noqa: E402
 from ga3c.learner import Learner  # noqa: E402
 from ga3c.returns import Transitions  # noqa: E402
-from ga3c.server import Checkpointer, Server  # noqa: E402
+from ga3c.checkpoints import Checkpointer  # noqa: E402
+from ga3c.cli import report  # noqa: E402
+from ga3c.server import Service, build_service  # noqa: E402
 from ga3c.stats import Stats  # noqa: E402
 from tests.test_cli import TINY  # noqa: E402
 
@@ -167,12 +169,10 @@ def test_failed_policy_write_leaves_the_previous_file_and_no_temporary(tmp_path,
 
 
 # -- the service: saves that are refused or fail ---------------------------------------------
-def make_server(logdir, *flags) -> Server:
+def make_server(logdir, *flags) -> Service:
     config = parse_config([*TINY, f"--logdir={logdir}", "--max_seconds=60",
                            "--log_every_seconds=60", *flags])
-    server = Server(config, inspect_env(config.env.env_id, config.env))
-    server.setup()
-    return server
+    return build_service(config, inspect_env(config.env.env_id, config.env))
 
 
 def files(directory) -> dict[str, bytes]:
@@ -208,7 +208,7 @@ def test_save_refuses_non_finite_weights_and_writes_nothing(tmp_path):
     os.makedirs(logdir)
     server.stats = Stats(None, 1000, 10)
     first = server._save()
-    assert os.path.exists(server.policy_path)
+    assert os.path.exists(server.run_dir.policy)
     before = files(logdir)
     server.stats = Stats(None, 2000, 20)
     kernel = server.learner.model.trainable_variables[0]
@@ -282,7 +282,7 @@ def run_until_saves_fail(tmp_path, monkeypatch, capsys, fail):
 
     monkeypatch.setattr(tf.train.CheckpointManager, "save", save)
     t0 = time.monotonic()
-    code = server.run()
+    code = report(server.run())
     assert time.monotonic() - t0 < 50, "the failed save did not stop the run"
     return code, one_error_line(capsys), logdir, written
 
