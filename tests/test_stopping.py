@@ -202,12 +202,18 @@ def one_error_line(capsys) -> str:
     return lines[0]
 
 
-def test_save_refuses_non_finite_weights_and_writes_nothing(tmp_path):
+def saved_once(tmp_path):
+    """A server over a new logdir that has saved once at 1,000 env steps: (server, logdir,
+    that checkpoint's path)."""
     logdir = str(tmp_path / "run")
     server = make_server(logdir)
     os.makedirs(logdir)
     server.stats = Stats(None, 1000, 10)
-    first = server._save()
+    return server, logdir, server._save()
+
+
+def test_save_refuses_non_finite_weights_and_writes_nothing(tmp_path):
+    server, logdir, first = saved_once(tmp_path)
     assert os.path.exists(server.run_dir.policy)
     before = files(logdir)
     server.stats = Stats(None, 2000, 20)
@@ -226,11 +232,7 @@ def test_weights_going_non_finite_while_policy_keras_is_written_keep_the_old_one
     under the pause, and stays)."""
     import keras
 
-    logdir = str(tmp_path / "run")
-    server = make_server(logdir)
-    os.makedirs(logdir)
-    server.stats = Stats(None, 1000, 10)
-    server._save()
+    server, logdir, _ = saved_once(tmp_path)
     old_policy = files(logdir)["policy.keras"]
     real_save = keras.Model.save
 
@@ -255,11 +257,7 @@ def test_weights_going_non_finite_while_policy_keras_is_written_keep_the_old_one
 
 
 def test_save_with_nothing_new_rewrites_nothing(tmp_path):
-    logdir = str(tmp_path / "run")
-    server = make_server(logdir)
-    os.makedirs(logdir)
-    server.stats = Stats(None, 1000, 10)
-    first = server._save()
+    server, logdir, first = saved_once(tmp_path)
     before = {p: os.stat(os.path.join(logdir, p)).st_mtime_ns for p in files(logdir)}
     time.sleep(0.05)
     assert server._save() == first
