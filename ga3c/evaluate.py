@@ -14,7 +14,6 @@ import warnings
 import gymnasium as gym
 import numpy as np
 
-from ga3c.agent import sample_actions
 from ga3c.envs import env_backend, inspect_env, make_single_env, make_vector_env
 from ga3c.errors import UserError
 from ga3c.rundir import RunDir
@@ -81,15 +80,13 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
     # The network alone (no optimizer, no training step), restored from the checkpoint.
     model = build_network(spec.obs_shape, spec.obs_dtype.name, spec.num_actions, config.network)
     restore_network(model, path)
-    played = Policy(model, spec.obs_dtype, path)
+    played = Policy(model, spec.obs_dtype, path, seed)
 
-    def act(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        logits, _ = played.logits_and_values(obs)
-        return np.argmax(logits, axis=1) if policy == "greedy" else sample_actions(logits, rng)
+    def act(obs: np.ndarray) -> np.ndarray:
+        return played.act(obs, sample=policy == "sample")[0]
 
-    rng = np.random.default_rng(seed)
     if video_dir:
-        returns, lengths = _play_recorded(env_id, env_config, episodes, seed, video_dir, act, rng)
+        returns, lengths = _play_recorded(env_id, env_config, episodes, seed, video_dir, act)
         backend = "threads"  # gymnasium's envs render the screen; see the docstring
         note = ("" if env_backend(run_env, config.env) != "ale_vector" else
                 "note: with --video_dir the episodes are played through gymnasium's Atari "
@@ -101,7 +98,7 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
         env_config = dataclasses.replace(env_config, env_backend=(
             config.env.env_backend if env_id == run_env else "auto"), ale_batch_size=0)
         backend, note = env_backend(env_id, env_config), ""
-        returns, lengths = play_vector(env_id, env_config, episodes, seed, act, rng)
+        returns, lengths = play_vector(env_id, env_config, episodes, seed, act)
     # RecordVideo names them eval-episode-<i>.mp4; list exactly this evaluation's.
     videos = [os.path.join(video_dir, f"eval-episode-{i}.mp4") for i in range(episodes)
               ] if video_dir else []
@@ -118,7 +115,7 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
 MAX_EVAL_ENVS = 64
 
 
-def play_vector(env_id: str, env_config, episodes: int, seed: int, act, rng
+def play_vector(env_id: str, env_config, episodes: int, seed: int, act
                 ) -> tuple[list[float], list[int]]:
     """Play `episodes` whole episodes as a vector: waves of up to MAX_EVAL_ENVS envs, each env
     playing exactly one episode per wave (seeds seed, seed+1, ...), so no env's short episodes
@@ -133,7 +130,7 @@ def play_vector(env_id: str, env_config, episodes: int, seed: int, act, rng
             total, length = np.zeros(n), np.zeros(n, dtype=np.int64)
             playing = np.ones(n, dtype=bool)
             while playing.any():
-                obs, reward, terminated, truncated, _ = vec.step(act(obs, rng))
+                obs, reward, terminated, truncated, _ = vec.step(act(obs))
                 total += np.where(playing, reward, 0.0)
                 length += playing
                 playing &= ~(np.asarray(terminated) | np.asarray(truncated))
@@ -144,7 +141,7 @@ def play_vector(env_id: str, env_config, episodes: int, seed: int, act, rng
     return returns, lengths
 
 
-def _play_recorded(env_id: str, env_config, episodes: int, seed: int, video_dir: str, act, rng
+def _play_recorded(env_id: str, env_config, episodes: int, seed: int, video_dir: str, act
                    ) -> tuple[list[float], list[int]]:
     """Play episodes one at a time through gymnasium, recording the real screen: ale-py's
     vector env renders no screen, so for Atari these episodes see gymnasium's (opencv)
@@ -173,7 +170,7 @@ def _play_recorded(env_id: str, env_config, episodes: int, seed: int, video_dir:
             obs, _ = env.reset(seed=seed + episode)
             total, length, done = 0.0, 0, False
             while not done:
-                obs, reward, terminated, truncated, _ = env.step(int(act(obs[None], rng)[0]))
+                obs, reward, terminated, truncated, _ = env.step(int(act(obs[None])[0]))
                 total += float(reward)
                 length += 1
                 done = terminated or truncated
