@@ -54,6 +54,7 @@ sys.path.insert(0, REPO)
 
 from ga3c.cli import BadInput, import_tensorflow_quietly, parse_config  # noqa: E402
 from ga3c.config import Config  # noqa: E402
+from ga3c.fakes import FakePredict, FakeTrain  # noqa: E402
 from ga3c.returns import Transitions  # noqa: E402
 from ga3c.stats import Stats, peak_rss_mib  # noqa: E402
 from ga3c.threads import Failure  # noqa: E402
@@ -119,7 +120,7 @@ def run_pipeline(config: Config, env_spec, warmup: float, seconds: float,
     measured (`layout`, `decisions` in the result). `compare_layout`: then switch the same
     running service to that layout and measure it too (`compare_throughput`), so the
     two are compared side by side, with the same model and episodes."""
-    from ga3c.server import build_service
+    from ga3c.service import build_service
 
     service = build_service(config, env_spec)
     result: dict = {}
@@ -176,17 +177,10 @@ def env_only_ceiling(config: Config, warmup: float, seconds: float) -> float:
 
     stop, failure = threading.Event(), Failure()
     stats = Stats(None)
-    num_actions = _num_actions(config)
-
-    def free_predict(states):
-        n = len(states)
-        return np.zeros((n, num_actions), np.float32), np.zeros(n, np.float32)
-
-    def discard(batch: Transitions):
-        return None
-
-    pipeline = Pipeline(config, free_predict, discard, lambda: 0, stats, stop, failure,
-                        seed=config.run.seed)
+    # Uniform random actions (zero logits), training discarded: the model costs nothing.
+    free_predict = FakePredict(num_actions=_num_actions(config), record=False)
+    pipeline = Pipeline(config, free_predict, FakeTrain(record=False), lambda: 0, stats, stop,
+                        failure, seed=config.run.seed)
     pipeline.start()
     try:
         # The warm-up starts once the envs step: creating many gymnasium Atari envs (the
@@ -214,9 +208,7 @@ def model_ceiling(config: Config, env_spec, batch: int, threads: int, seconds: f
     """Samples/s of the real model's predict (or train) step alone at `batch` rows."""
     from ga3c.learner import Learner
 
-    learner = Learner(env_spec.obs_shape, env_spec.obs_dtype, env_spec.num_actions,
-                      config.network, config.algo, xla=config.run.xla,
-                      mixed_precision=config.run.mixed_precision)
+    learner = Learner.for_run(config, env_spec)
     rng = np.random.default_rng(0)
     batch = max(1, int(round(batch)))
     states = rng.normal(size=(batch, *env_spec.obs_shape)).astype(env_spec.obs_dtype)

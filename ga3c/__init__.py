@@ -27,7 +27,7 @@ def train(config: Config, stop=None, *, env_spec=None, hand_over=None):
     service before it starts (its signal handlers then ask the service to stop)."""
     from ga3c.cli import check_writable_dir, import_tensorflow_quietly
     from ga3c.envs import check_config
-    from ga3c.server import build_service
+    from ga3c.service import build_service
 
     if env_spec is None:
         env_spec = check_config(config)

@@ -254,18 +254,18 @@ class StopSignals:
     Python runs them in the main thread between bytecodes (TensorFlow's import and the model
     build are mostly Python, so within a fraction of a second).
 
-    - Before `hand_over(server)` (flags, env check, TensorFlow import, model build, restore):
+    - Before `hand_over(service)` (flags, env check, TensorFlow import, model build, restore):
       the process ends at once with 128 + the signal number (130 SIGINT, 143 SIGTERM), and
       the directories this process created for the logdir (still empty) are removed: the
       logdir is as it was. Inside `deferred()` (a write into the logdir) the exit waits for
       the write to finish.
-    - After it: the server stops cleanly (final checkpoint, exit 0).
+    - After it: the service stops cleanly (final checkpoint, exit 0).
     - A second signal exits at once (128 + its number), without a final checkpoint.
     """
 
     def __init__(self) -> None:
         self.received: list[str] = []
-        self.server = None
+        self.service = None
         self.created_dirs: list[str] = []  # removed (if still empty) on an early exit
         self._deferring = 0
         self._pending: int | None = None
@@ -279,9 +279,9 @@ class StopSignals:
         signal.signal(signal.SIGTERM, self._handle)
         return self
 
-    def hand_over(self, server) -> None:
-        """From now on a signal asks `server` to stop cleanly."""
-        self.server = server
+    def hand_over(self, service) -> None:
+        """From now on a signal asks `service` to stop cleanly."""
+        self.service = service
 
     @contextlib.contextmanager
     def deferred(self):
@@ -291,7 +291,7 @@ class StopSignals:
             yield
         finally:
             self._deferring -= 1
-        if not self._deferring and self._pending is not None and self.server is None:
+        if not self._deferring and self._pending is not None and self.service is None:
             self._exit_before_training(self._pending)
 
     def _handle(self, signum: int, _frame) -> None:
@@ -300,8 +300,8 @@ class StopSignals:
         if len(self.received) > 1:
             self._say(f"{PROG}: second signal ({name}): exiting now, without a final checkpoint")
             os._exit(128 + signum)
-        if self.server is not None:
-            self.server.request_stop(f"received {name}")
+        if self.service is not None:
+            self.service.request_stop(f"received {name}")
         elif self._deferring:
             self._pending = signum
         else:
@@ -357,7 +357,7 @@ def report(result) -> int:
     """A `RunResult` as the console shows it, and the exit code: 0 stopped cleanly, 1 a
     divergence or a failed write (one line) or a failed thread (its traceback)."""
     from ga3c.pipeline import JOIN_SECONDS
-    from ga3c.server import log
+    from ga3c.service import log
 
     if result.error is not None:
         print(f"ga3c: error: {result.error}", file=sys.stderr, flush=True)

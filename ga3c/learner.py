@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from ga3c.config import AlgoConfig, NetworkConfig
+from ga3c.config import AlgoConfig, Config, NetworkConfig
 from ga3c.errors import NonFiniteError
 from ga3c.network import build_network
 from ga3c.returns import Transitions
@@ -134,6 +134,14 @@ class Learner:
     handful of sizes rather than for every batch size. `mixed_precision=True` computes in
     bfloat16 with float32 variables (bfloat16 keeps float32's range, so no loss scaling).
     """
+
+    @classmethod
+    def for_run(cls, config: Config, env_spec) -> "Learner":
+        """The learner a run of `config` uses on envs described by `env_spec`
+        (`ga3c.envs.EnvSpec`): the service's, and the throughput benchmark's model ceilings."""
+        return cls(env_spec.obs_shape, env_spec.obs_dtype, env_spec.num_actions,
+                   config.network, config.algo, xla=config.run.xla,
+                   mixed_precision=config.run.mixed_precision)
 
     def __init__(self, obs_shape, obs_dtype, num_actions: int, network: NetworkConfig,
                  algo: AlgoConfig, xla: bool = False, mixed_precision: bool = False) -> None:

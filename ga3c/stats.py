@@ -6,7 +6,7 @@ two of them; reading changes nothing, so any number of readers (the console, the
 the benchmark) share one Stats without stealing each other's windows. Throughput, everywhere,
 is `throughput()`: min(env steps/s, samples trained/s).
 
-Pure Python + numpy (no TensorFlow): the TensorBoard writer lives in `ga3c.server`.
+Pure Python + numpy (no TensorFlow): the TensorBoard writer lives in `ga3c.service`.
 """
 
 from __future__ import annotations

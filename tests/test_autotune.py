@@ -8,6 +8,7 @@ import numpy as np
 
 from ga3c.autotune import Autotuner
 from ga3c.config import Config
+from ga3c.fakes import FakePredict, FakeTrain
 from ga3c.stats import Stats
 from ga3c.threads import Failure
 
@@ -118,13 +119,9 @@ def test_thread_churn_on_the_real_pipeline_loses_no_transitions():
     config = Config().replace(env__envs_per_agent=8, pipeline__min_train_batch=16,
                               pipeline__max_predict_batch=64)
     stop, failure, stats = threading.Event(), Failure(), Stats(None)
-    trained = []
-
-    def predict(states):
-        return np.zeros((len(states), 2), np.float32), np.zeros(len(states), np.float32)
-
-    pipeline = Pipeline(config, predict, lambda batch: trained.append(len(batch)), lambda: 0,
-                        stats, stop, failure, seed=0)
+    train = FakeTrain(record=False)
+    pipeline = Pipeline(config, FakePredict(record=False), train, lambda: 0, stats, stop,
+                        failure, seed=0)
     pipeline.start()
     rng = np.random.default_rng(0)
     try:
@@ -141,7 +138,7 @@ def test_thread_churn_on_the_real_pipeline_loses_no_transitions():
             agent.join(5)
         time.sleep(0.5)  # the trainer drains the queue
         assert not any(a.is_alive() for a in pipeline.agents)
-        steps, in_training = stats.env_steps, sum(trained)
+        steps, in_training = stats.env_steps, train.rows
         queued = sum(len(item) for item in list(pipeline.trainers.queue.queue))
     finally:
         stop.set()

@@ -43,7 +43,7 @@ def exits(monkeypatch):
     return codes
 
 
-class FakeServer:
+class FakeService:
     def __init__(self):
         self.reasons = []
 
@@ -84,10 +84,10 @@ def test_a_signal_inside_a_deferred_write_exits_right_after_it(exits):
 
 
 def test_during_training_a_signal_stops_cleanly_and_a_second_exits_at_once(exits):
-    signals, server = StopSignals(), FakeServer()
-    signals.hand_over(server)
+    signals, service = StopSignals(), FakeService()
+    signals.hand_over(service)
     signals._handle(signal.SIGINT, None)
-    assert server.reasons == ["received SIGINT"] and exits == []
+    assert service.reasons == ["received SIGINT"] and exits == []
     with pytest.raises(Exited):
         signals._handle(signal.SIGTERM, None)
     assert exits == [143]

@@ -27,7 +27,7 @@ from ga3c.learner import Learner  # noqa: E402
 from ga3c.returns import Transitions  # noqa: E402
 from ga3c.checkpoints import Checkpointer  # noqa: E402
 from ga3c.cli import report  # noqa: E402
-from ga3c.server import Service, build_service  # noqa: E402
+from ga3c.service import Service, build_service  # noqa: E402
 from ga3c.stats import Stats  # noqa: E402
 from tests.test_cli import TINY  # noqa: E402
 
@@ -169,7 +169,7 @@ def test_failed_policy_write_leaves_the_previous_file_and_no_temporary(tmp_path,
 
 
 # -- the service: saves that are refused or fail ---------------------------------------------
-def make_server(logdir, *flags) -> Service:
+def make_service(logdir, *flags) -> Service:
     config = parse_config([*TINY, f"--logdir={logdir}", "--max_seconds=60",
                            "--log_every_seconds=60", *flags])
     return build_service(config, inspect_env(config.env.env_id, config.env))
@@ -188,10 +188,10 @@ def files(directory) -> dict[str, bytes]:
 def assert_restorable(logdir, latest):
     """The latest checkpoint is `latest` and restores into a fresh model (as a resume would),
     with every value finite."""
-    server = make_server(logdir)  # --resume is on by default: setup() restores the latest
-    assert server.checkpointer.latest == latest
-    assert server.resumed is not None and server.resumed["env_steps"] == int(latest.split("-")[-1])
-    assert server.learner.nonfinite_weights() is None
+    service = make_service(logdir)  # --resume is on by default: setup() restores the latest
+    assert service.checkpointer.latest == latest
+    assert service.resumed is not None and service.resumed["env_steps"] == int(latest.split("-")[-1])
+    assert service.learner.nonfinite_weights() is None
 
 
 def one_error_line(capsys) -> str:
@@ -203,26 +203,26 @@ def one_error_line(capsys) -> str:
 
 
 def saved_once(tmp_path):
-    """A server over a new logdir that has saved once at 1,000 env steps: (server, logdir,
+    """A service over a new logdir that has saved once at 1,000 env steps: (service, logdir,
     that checkpoint's path)."""
     logdir = str(tmp_path / "run")
-    server = make_server(logdir)
+    service = make_service(logdir)
     os.makedirs(logdir)
-    server.stats = Stats(None, 1000, 10)
-    return server, logdir, server._save()
+    service.stats = Stats(None, 1000, 10)
+    return service, logdir, service._save()
 
 
 def test_save_refuses_non_finite_weights_and_writes_nothing(tmp_path):
-    server, logdir, first = saved_once(tmp_path)
-    assert os.path.exists(server.run_dir.policy)
+    service, logdir, first = saved_once(tmp_path)
+    assert os.path.exists(service.run_dir.policy)
     before = files(logdir)
-    server.stats = Stats(None, 2000, 20)
-    kernel = server.learner.model.trainable_variables[0]
+    service.stats = Stats(None, 2000, 20)
+    kernel = service.learner.model.trainable_variables[0]
     kernel.assign(tf.fill(kernel.shape, float("nan")))
     with pytest.raises(NonFiniteError, match="non-finite weights"):
-        server._save()
+        service._save()
     assert files(logdir) == before
-    assert server.checkpointer.on_disk_latest() == first
+    assert service.checkpointer.on_disk_latest() == first
 
 
 def test_weights_going_non_finite_while_policy_keras_is_written_keep_the_old_one(tmp_path,
@@ -232,23 +232,23 @@ def test_weights_going_non_finite_while_policy_keras_is_written_keep_the_old_one
     under the pause, and stays)."""
     import keras
 
-    server, logdir, _ = saved_once(tmp_path)
+    service, logdir, _ = saved_once(tmp_path)
     old_policy = files(logdir)["policy.keras"]
     real_save = keras.Model.save
 
     def save_while_diverging(model, path, *args, **kwargs):
         real_save(model, path, *args, **kwargs)
-        kernel = server.learner.model.trainable_variables[0]
+        kernel = service.learner.model.trainable_variables[0]
         kernel.assign(tf.fill(kernel.shape, float("inf")))  # a trainer's update meanwhile
 
     monkeypatch.setattr(keras.Model, "save", save_while_diverging)
-    server.stats = Stats(None, 2000, 20)
+    service.stats = Stats(None, 2000, 20)
     with pytest.raises(NonFiniteError, match="non-finite weights"):
-        server._save()
+        service._save()
     after = files(logdir)
     assert after["policy.keras"] == old_policy
     assert not [name for name in after if ".tmp" in name]
-    latest = server.checkpointer.on_disk_latest()
+    latest = service.checkpointer.on_disk_latest()
     assert latest.endswith("ckpt-2000")  # written before the weights went bad: finite
     reader = tf.train.load_checkpoint(latest)
     for name in reader.get_variable_to_shape_map():
@@ -257,10 +257,10 @@ def test_weights_going_non_finite_while_policy_keras_is_written_keep_the_old_one
 
 
 def test_save_with_nothing_new_rewrites_nothing(tmp_path):
-    server, logdir, first = saved_once(tmp_path)
+    service, logdir, first = saved_once(tmp_path)
     before = {p: os.stat(os.path.join(logdir, p)).st_mtime_ns for p in files(logdir)}
     time.sleep(0.05)
-    assert server._save() == first
+    assert service._save() == first
     assert {p: os.stat(os.path.join(logdir, p)).st_mtime_ns for p in files(logdir)} == before
 
 
@@ -268,7 +268,7 @@ def run_until_saves_fail(tmp_path, monkeypatch, capsys, fail):
     """A real tiny run checkpointing every 0.3 s whose `fail(call_number)` hook may raise on
     some save; returns (exit code, the one stderr line, logdir, checkpoints written before)."""
     logdir = str(tmp_path / "run")
-    server = make_server(logdir, "--checkpoint_every_seconds=0.3")
+    service = make_service(logdir, "--checkpoint_every_seconds=0.3")
     written = []
     real_save = tf.train.CheckpointManager.save
 
@@ -280,7 +280,7 @@ def run_until_saves_fail(tmp_path, monkeypatch, capsys, fail):
 
     monkeypatch.setattr(tf.train.CheckpointManager, "save", save)
     t0 = time.monotonic()
-    code = report(server.run())
+    code = report(service.run())
     assert time.monotonic() - t0 < 50, "the failed save did not stop the run"
     return code, one_error_line(capsys), logdir, written
 

@@ -1,22 +1,21 @@
 """Predictor, trainer and agent threads without TensorFlow.
 
-The model is replaced by small fake functions (`FakePredict`, `FakeTrain`) and the vector env by
-`FakeVectorEnv`, which follows gymnasium's NEXT_STEP autoreset. Every wait is bounded: a hung
-thread fails the test instead of hanging the run.
+The model is replaced by small fake functions (`FakePredict`, `FakeTrain`) and the vector env
+by `FakeVectorEnv`, which follows gymnasium's NEXT_STEP autoreset (all from `ga3c.fakes`).
+Every wait is bounded: a hung thread fails the test instead of hanging the run.
 """
 
 from __future__ import annotations
 
-import collections
 import queue
 import threading
 import time
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
 from ga3c.agent import Agent
+from ga3c.fakes import FakePredict, FakeTrain, FakeVectorEnv
 from ga3c.predictor import PredictorGroup, ReplySlot
 from ga3c.returns import Transitions, reference_transitions
 from ga3c.stats import Stats
@@ -42,41 +41,6 @@ def join_all(threads, timeout=JOIN_S):
         t.join(timeout=max(0.0, deadline - time.monotonic()))
     alive = [t.name for t in threads if t.is_alive()]
     assert not alive, f"threads still alive: {alive}"
-
-
-class FakePredict:
-    """logits = 0 (`num_actions`), values = first number of each state; records each batch.
-
-    `gate`: if given, calls listed in `gated_calls` block on it (bounded) before answering.
-    `on_call(n)`: called with the 1-based call number before answering.
-    """
-
-    def __init__(self, gate: threading.Event | None = None, gated_calls=(1,), on_call=None,
-                 raise_exc: BaseException | None = None, num_actions: int = 2) -> None:
-        self.lock = threading.Lock()
-        self.num_actions = num_actions
-        self.batch_sizes: list[int] = []
-        self.batches: list[np.ndarray] = []
-        self.gate = gate
-        self.gated_calls = set(gated_calls)
-        self.on_call = on_call
-        self.raise_exc = raise_exc
-        self.entered = threading.Event()  # set when the first call starts
-
-    def __call__(self, states: np.ndarray):
-        with self.lock:
-            self.batch_sizes.append(len(states))
-            self.batches.append(np.array(states, copy=True))
-            n = len(self.batch_sizes)
-        self.entered.set()
-        if self.raise_exc is not None:
-            raise self.raise_exc
-        if self.gate is not None and n in self.gated_calls:
-            assert self.gate.wait(timeout=5.0), "test never released the gate"
-        if self.on_call is not None:
-            self.on_call(n)
-        flat = states.reshape(len(states), -1)
-        return np.zeros((len(states), self.num_actions), np.float32), flat[:, 0].astype(np.float32)
 
 
 class CountingVersion:
@@ -320,26 +284,6 @@ def test_failure_keeps_only_the_first():
 
 # -- TrainerGroup ---------------------------------------------------------------------------
 
-class FakeTrain:
-    Metrics = collections.namedtuple("Metrics", "loss entropy")
-
-    def __init__(self, on_call=None, raise_exc=None) -> None:
-        self.lock = threading.Lock()
-        self.batches: list[Transitions] = []
-        self.on_call = on_call
-        self.raise_exc = raise_exc
-
-    def __call__(self, batch: Transitions):
-        with self.lock:
-            self.batches.append(batch)
-            n = len(self.batches)
-        if self.raise_exc is not None:
-            raise self.raise_exc
-        if self.on_call is not None:
-            self.on_call(n)
-        return self.Metrics(loss=float(n), entropy=0.5)
-
-
 class RecordingStats(Stats):
     """A real Stats that also keeps each add_training call (for exact lag checks)."""
 
@@ -482,71 +426,6 @@ def test_trainer_failure_is_recorded_and_stops_everything():
 
 
 # -- Agent ----------------------------------------------------------------------------------
-
-class FakeVectorEnv:
-    """Deterministic vector env with gymnasium's NEXT_STEP autoreset.
-
-    Observation of env e: [e, episode, t, 0], where t counts steps within the episode (0 after
-    reset). Env e's episodes last `lengths[e]` steps; episode k of env e terminates if
-    (e + k) is even, else it is truncated. Reward of a step is 1 + t + 10 e. The step after an
-    episode's end resets that env, ignores its action, returns reward 0 and not done.
-
-    `raw[e]` records env e's stream as (state, action, reward, terminated, truncated,
-    next_state), the format of `ga3c.returns.reference_transitions`.
-    """
-
-    def __init__(self, lengths) -> None:
-        self.lengths = list(lengths)
-        self.num_envs = len(self.lengths)
-        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
-        self.closed = False
-        self.reset_seed = "not reset"
-        self.raw: list[list[tuple]] = [[] for _ in range(self.num_envs)]
-        self.episodes_ended: list[tuple[int, int, bool]] = []  # (env, episode, terminated)
-        self.valid_steps = 0
-
-    def _obs(self) -> np.ndarray:
-        e = np.arange(self.num_envs, dtype=np.float32)
-        return np.stack([e, self._episode, self._t, np.zeros_like(e)], axis=1).astype(np.float32)
-
-    def reset(self, seed=None):
-        self.reset_seed = seed
-        self._t = np.zeros(self.num_envs, np.float32)
-        self._episode = np.zeros(self.num_envs, np.float32)
-        self._needs_reset = np.zeros(self.num_envs, bool)
-        return self._obs(), {}
-
-    def step(self, actions):
-        assert not self.closed
-        actions = np.asarray(actions)
-        assert actions.shape == (self.num_envs,)
-        before = self._obs()
-        rewards = np.zeros(self.num_envs, np.float32)
-        terminated = np.zeros(self.num_envs, bool)
-        truncated = np.zeros(self.num_envs, bool)
-        for e in range(self.num_envs):
-            if self._needs_reset[e]:
-                self._needs_reset[e] = False
-                self._t[e] = 0
-                self._episode[e] += 1
-                continue
-            self.valid_steps += 1
-            rewards[e] = 1 + self._t[e] + 10 * e
-            self._t[e] += 1
-            if self._t[e] == self.lengths[e]:
-                term = (e + int(self._episode[e])) % 2 == 0
-                terminated[e], truncated[e] = term, not term
-                self._needs_reset[e] = True
-                self.episodes_ended.append((e, int(self._episode[e]), term))
-        after = self._obs()
-        for e in range(self.num_envs):
-            self.raw[e].append((before[e], int(actions[e]), float(rewards[e]),
-                                bool(terminated[e]), bool(truncated[e]), after[e]))
-        return after, rewards, terminated, truncated, {}
-
-    def close(self):
-        self.closed = True
-
 
 def run_agent(env, n_step, gamma, retire_after=None, seed=3, num_actions=2, **agent_kwargs):
     """One agent + one predictor thread; returns (env, agent, stop, failure, stats, queue).

@@ -70,9 +70,7 @@ def build_service(config: Config, env_spec: EnvSpec, stop: threading.Event | Non
     UserError for a logdir it cannot use."""
     keras.utils.set_random_seed(config.run.seed)
     run_dir = RunDir(config.run.logdir)
-    learner = Learner(env_spec.obs_shape, env_spec.obs_dtype, env_spec.num_actions,
-                      config.network, config.algo, xla=config.run.xla,
-                      mixed_precision=config.run.mixed_precision)
+    learner = Learner.for_run(config, env_spec)
     ckdir = run_dir.checkpoints
     try:
         checkpointer = Checkpointer(learner, ckdir, config.run.keep_checkpoints)
