@@ -2,14 +2,14 @@
 
 import pytest
 
-from tests.test_cli import TINY, run_cli
+from tests.test_cli import TINY, train_cli
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """A tiny real CartPole run through the CLI: (logdir, CompletedProcess). Do not modify it:
-    tests that change or resume a run work on a copy (see test_cli.copy_run)."""
+    """A tiny real CartPole run through `ga3c-train`'s entry function: (logdir, CliRun). Do
+    not modify it: tests that change or resume a run work on a copy (see test_cli.copy_run)."""
     logdir = str(tmp_path_factory.mktemp("run") / "cp")
-    proc = run_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=3000")
+    proc = train_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=3000")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return logdir, proc

@@ -9,7 +9,8 @@ from ga3c.config import EnvConfig
 from ga3c.envs import (EnvError, LockStepEnvs, ale_game, frames_last, inspect_env,
                        make_agent_envs, make_vector_env)
 from ga3c.returns import Transitions, reference_transitions
-from tests.test_cli import run_cli
+from tests.test_cli import (REPO, all_finite, checkpoint_counters, run_cli, tf_latest_checkpoint,
+                            train_cli)
 from tests.test_threads import run_agent_until_retired
 
 pytest.importorskip("ale_py")
@@ -68,15 +69,6 @@ def test_agent_clips_training_rewards_but_reports_real_scores():
     # episodes of 1 + 2 = 3, env 1 ends 2 of 11 + 12 + 13 = 36 (clipped they would be 2 and 3).
     assert stats.episodes == 5
     assert stats.mean_score() == pytest.approx((3 * 3 + 2 * 36) / 5)
-
-
-def test_pong_trains_a_few_hundred_steps_through_the_cli(tmp_path):
-    proc = run_cli("--env=ALE/Pong-v5", f"--logdir={tmp_path}/pong", "--num_agents=1",
-                   "--envs_per_agent=4", "--max_predict_batch=8", "--min_train_batch=16",
-                   "--clip_rewards", "--max_env_steps=300", "--log_every_seconds=1",
-                   timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "stopped (reached --max_env_steps=300)" in proc.stdout
 
 
 def test_frames_last_moves_the_stack_axis_without_mixing_frames():
@@ -167,22 +159,39 @@ def test_atari_backends_make_the_same_transitions_as_the_reference(backend, batc
     assert stats.episodes == sum(s[3] or s[4] for s in steps_seen)
 
 
-@pytest.mark.parametrize("cfg, extra", [
-    ("pong.cfg", []),
-    ("breakout.cfg", ["--env_backend=threads"]),
-    ("breakout.cfg", ["--ale_batch_size=8"]),
-])
-def test_atari_cfgs_train_through_the_cli(tmp_path, cfg, extra):
-    """The shipped configs as they are (both backends, async batches too) for ~1,500 steps."""
-    proc = run_cli(f"--flagfile=configs/{cfg}", f"--logdir={tmp_path}/run", "--max_env_steps=1500",
-                   "--log_every_seconds=1", *extra, timeout=240)
+@pytest.fixture(scope="module")
+def pong_run(tmp_path_factory):
+    """configs/pong.cfg as shipped, through the real `ga3c-train` program (the test run's one
+    Pong run through the CLI), for 1,000 agent steps; games capped at 600 frames (150 agent
+    steps) so that the evaluation below plays whole ones quickly. (logdir, CompletedProcess)"""
+    logdir = tmp_path_factory.mktemp("pong") / "run"
+    proc = run_cli("--flagfile=configs/pong.cfg", f"--logdir={logdir}", "--max_env_steps=1000",
+                   "--max_episode_frames=600", "--log_every_seconds=1", timeout=300)
+    return logdir, proc
+
+
+def test_pong_cfg_trains_through_the_cli(pong_run):
+    logdir, proc = pong_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "stopped (reached --max_env_steps=1,500)" in proc.stdout
-    assert "train/s" in proc.stdout
+    assert "stopped (reached --max_env_steps=1,000)" in proc.stdout
+    steps, _, updates = checkpoint_counters(logdir)
+    assert steps >= 1000 and updates >= 1  # the model trained, not only the envs stepped
+    assert all_finite(tf_latest_checkpoint(logdir))
+
+
+@pytest.mark.parametrize("extra", [["--env_backend=threads"], ["--ale_batch_size=8"]])
+def test_breakout_cfg_trains_on_the_other_backends(tmp_path, extra):
+    """configs/breakout.cfg on gymnasium envs in threads, and on ale-py's async batches."""
+    logdir = tmp_path / "run"
+    proc = train_cli(f"--flagfile={REPO}/configs/breakout.cfg", f"--logdir={logdir}",
+                     "--max_env_steps=800", *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps, _, updates = checkpoint_counters(logdir)
+    assert steps >= 800 and updates >= 1
 
 
 def test_eval_plays_a_trained_pong_run_on_its_backend_and_a_video_of_the_real_screen(
-        tmp_path, capsys, monkeypatch):
+        pong_run, tmp_path, capsys, monkeypatch):
     """Without video, episodes are played on the training backend (ale-py's C++ vector env:
     its frames are not pixel-equal to gymnasium's opencv ones); with --video_dir through
     gymnasium, which renders the real screen, and the console says so."""
@@ -191,10 +200,7 @@ def test_eval_plays_a_trained_pong_run_on_its_backend_and_a_video_of_the_real_sc
     import ga3c.evaluate
     from ga3c.cli import eval_main
 
-    logdir = tmp_path / "pong"
-    proc = run_cli("--env=ALE/Pong-v5", f"--logdir={logdir}", "--num_agents=1",
-                   "--envs_per_agent=4", "--min_train_batch=16", "--max_env_steps=200",
-                   "--max_episode_frames=600", timeout=240)
+    logdir, proc = pong_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     made = []
     real_make_vector_env = ga3c.evaluate.make_vector_env

@@ -1,6 +1,14 @@
-"""The real `ga3c-train` entry point in a subprocess: bad inputs, a tiny run, resume, stopping."""
+"""`ga3c-train`'s entry function: bad inputs, a tiny run, resume, divergence, stopping.
 
+Most runs call the entry function in this process (`train_cli`: TensorFlow is imported once
+per test run, not once per test); a few start the real program in a subprocess where only a
+real process can show it (`run_cli`, `Cli`): bad input through the installed program's path,
+and signals and kill -9 in `test_a_real_process_killed_resumed_and_signalled`.
+"""
+
+import contextlib
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -45,7 +53,7 @@ def assert_one_line_error(proc, *needles, prog="ga3c-train"):
 def assert_refused_and_untouched(logdir, *args, needle):
     """ga3c-train on an existing run with bad input: one-line refusal, not a byte changed."""
     before = snapshot(logdir)
-    proc = run_cli(*TINY, f"--logdir={logdir}", *args)
+    proc = train_cli(*TINY, f"--logdir={logdir}", *args)
     assert_one_line_error(proc, needle)
     assert snapshot(logdir) == before
 
@@ -61,18 +69,31 @@ def snapshot(directory):
     return out
 
 
-# -- bad input: one line, exit 2, nothing written ------------------------------------------
-def train_in_process(monkeypatch, capsys, *args):
-    """`ga3c-train`'s entry function in this process (no signal handlers installed): what a
-    subprocess would exit with, and its stdout/stderr."""
+class CliRun(subprocess.CompletedProcess):
+    """What `ga3c-train` exited with and printed; `service`: the service it ran (or None)."""
+
+    service = None
+
+
+def train_cli(*args) -> CliRun:
+    """`ga3c-train`'s entry function in this process, as the program runs it but with no
+    signal handlers installed: its exit code, stdout and stderr (threads' prints included)."""
     import ga3c.cli
 
-    monkeypatch.setattr(ga3c.cli, "_signals", ga3c.cli.StopSignals())
-    code = ga3c.cli.main(list(args))
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out.out, out.err)
+    saved, signals = ga3c.cli._signals, ga3c.cli.StopSignals()
+    ga3c.cli._signals = signals  # hand_over() will record the service here
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = ga3c.cli.main([str(a) for a in args])
+    finally:
+        ga3c.cli._signals = saved
+    run = CliRun(args, code, out.getvalue(), err.getvalue())
+    run.service = signals.service
+    return run
 
 
+# -- bad input: one line, exit 2, nothing written ------------------------------------------
 @pytest.mark.parametrize("args, needles", [
     (["--flagfile=configs/does_not_exist.cfg"], ["does_not_exist.cfg"]),
     (["--no_such_flag=1"], ["no_such_flag"]),
@@ -89,9 +110,9 @@ def train_in_process(monkeypatch, capsys, *args):
     (["--env=CartPole-v1", "--env_backend=ale_vector"], ["--env_backend=ale_vector steps Atari"]),
     (["--env=CartPole-v1", "--episodic_life"], ["--episodic_life needs an Atari game"]),
 ])
-def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, monkeypatch, capsys, args, needles):
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, args, needles):
     logdir = tmp_path / "run"
-    proc = train_in_process(monkeypatch, capsys, f"--logdir={logdir}", *args)
+    proc = train_cli(f"--logdir={logdir}", *args)
     assert_one_line_error(proc, *needles)
     assert not logdir.exists()
 
@@ -106,7 +127,7 @@ def test_bad_input_through_the_real_program_is_one_line_and_exit_2(tmp_path):
 def test_unwritable_logdir(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    proc = run_cli(*TINY, f"--logdir={blocker}/run", "--max_env_steps=100")
+    proc = train_cli(*TINY, f"--logdir={blocker}/run", "--max_env_steps=100")
     assert_one_line_error(proc, "not writable", str(blocker))
     assert blocker.read_text() == "not a directory"
 
@@ -163,6 +184,20 @@ def test_missing_checkpoint_state_file_is_refused(trained_run, tmp_path):
     assert_refused_and_untouched(logdir, "--max_env_steps=6000", needle="state file")
 
 
+def tf_latest_checkpoint(logdir) -> str | None:
+    import tensorflow as tf
+
+    return tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints"))
+
+
+def checkpoint_counters(logdir) -> tuple[int, int, int]:
+    """(env steps, episodes, updates) in the run's latest checkpoint."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(os.path.join(logdir, "checkpoints"))
+    return tuple(int(x) for x in reader.get_tensor("counters/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
 def checkpoint_learning_rate(logdir):
     import tensorflow as tf
 
@@ -180,8 +215,8 @@ def test_resume_continues_counters_and_appends_episodes(trained_run, tmp_path):
     # A kill can leave half a row: resume must neither crash on it nor glue a row onto it.
     with open(os.path.join(logdir, "episodes.csv"), "a") as f:
         f.write("12.5,99")
-    proc = run_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=6000",
-                   "--learning_rate=0.001")
+    proc = train_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=6000",
+                     "--learning_rate=0.001")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stdout
     with open(os.path.join(logdir, "episodes.csv")) as f:
@@ -200,8 +235,8 @@ def test_resume_continues_counters_and_appends_episodes(trained_run, tmp_path):
 
 
 def test_thread_exception_exits_1_with_traceback(tmp_path):
-    proc = run_cli(*TINY, "--env=tests.faulty_env:FaultyCartPole-v0", f"--logdir={tmp_path}/f",
-                   "--max_seconds=60")
+    proc = train_cli(*TINY, "--env=tests.faulty_env:FaultyCartPole-v0",
+                     f"--logdir={tmp_path}/f", "--max_seconds=60")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "thread agent-" in proc.stderr
     assert "injected fault in env.step" in proc.stderr
@@ -269,71 +304,62 @@ class Cli:
         return "".join(self.err_lines)
 
 
-@pytest.mark.parametrize("sig, sigint_ignored, existing", [
-    (signal.SIGINT, True, True),  # a script's background job: SIGINT inherited as ignored
-    (signal.SIGTERM, False, False),
-])
-def test_signal_before_training_exits_at_once_and_touches_nothing(trained_run, tmp_path, sig,
-                                                                  sigint_ignored, existing):
-    logdir = copy_run(trained_run, tmp_path, "early") if existing else str(tmp_path / "new" / "run")
-    before = snapshot(logdir)
-    cli = Cli(*TINY, f"--logdir={logdir}", "--max_seconds=120", sigint_ignored=sigint_ignored)
-    try:
-        cli.wait_for("effective config")  # then TensorFlow is imported and the model built
-        code, seconds, err = cli.signal_and_wait(sig)
-    finally:
-        cli.kill()
-    assert code == 128 + sig, (code, err[-2000:])
-    assert seconds < 5
-    assert f"received {sig.name} before training started" in err
-    assert "Traceback" not in err
-    if existing:
-        assert snapshot(logdir) == before
-    else:
-        assert not os.path.exists(tmp_path / "new")  # the directories it made are gone too
+def test_a_real_process_killed_resumed_and_signalled(tmp_path):
+    """The real program, for what only a real process shows (the rules behind each case are
+    tested in-process in test_signals.py; signals at random moments, both kinds in both
+    phases, are its `slow` test):
 
-
-@pytest.mark.parametrize("sig, sigint_ignored", [(signal.SIGINT, True), (signal.SIGTERM, False)])
-def test_signal_stops_cleanly_and_saves(tmp_path, sig, sigint_ignored):
-    logdir = tmp_path / "sig"
-    cli = Cli(*TINY, f"--logdir={logdir}", "--max_seconds=120", sigint_ignored=sigint_ignored)
-    try:
-        cli.wait_for("steps ")  # a console line: training runs
-        time.sleep(1.0)
-        code, stop_seconds, err = cli.signal_and_wait(sig)
-    finally:
-        cli.kill()
-    assert code == 0, err[-3000:]
-    assert f"received {sig.name}" in cli.stdout
-    assert stop_seconds < 5
-    assert any(f.startswith("ckpt-") for f in os.listdir(logdir / "checkpoints"))
-    assert (logdir / "policy.keras").exists()
-
-
-def test_kill_9_then_the_same_command_resumes(tmp_path):
+    1. kill -9 mid-run, checkpointing every 0.5 s: the latest checkpoint on disk is whole;
+    2. the same command, started as a script's background job is (SIGINT inherited as
+       ignored), resumes from it, and SIGINT during training stops it cleanly: exit 0 within
+       seconds, a final checkpoint past the resumed one, policy.keras;
+    3. SIGTERM before training (while TensorFlow is imported and the model built): exit 143
+       at once, and the run directory is byte for byte as it was.
+    """
     import tensorflow as tf
 
-    logdir = str(tmp_path / "killed")
-    args = [*TINY, f"--logdir={logdir}", "--checkpoint_every_seconds=0.5"]
-    cli = Cli(*args, "--max_seconds=120")
+    logdir = str(tmp_path / "life")
+    ckdir = os.path.join(logdir, "checkpoints")
+    args = [*TINY, f"--logdir={logdir}", "--checkpoint_every_seconds=0.5", "--max_seconds=120"]
+    cli = Cli(*args)
     try:
         cli.wait_for("steps ")
-        state = os.path.join(logdir, "checkpoints", "checkpoint")
         deadline = time.monotonic() + 60
-        while not os.path.exists(state) and time.monotonic() < deadline:
+        while not os.path.exists(os.path.join(ckdir, "checkpoint")) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.8)  # mid-way between checkpoints, likely while one is written
         cli.proc.send_signal(signal.SIGKILL)
         cli.proc.wait(30)
     finally:
         cli.kill()
-    latest = tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints"))
-    steps = int(latest.rsplit("-", 1)[1])
+    killed_at = tf.train.latest_checkpoint(ckdir)
+    steps = int(killed_at.rsplit("-", 1)[1])
     assert steps > 0
-    proc = run_cli(*args, f"--max_env_steps={steps + 2000}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"resumed from {latest}: {steps:,} env steps" in proc.stdout
-    assert f"reached --max_env_steps={steps + 2000:,}" in proc.stdout
+
+    cli = Cli(*args, sigint_ignored=True)
+    try:
+        cli.wait_for(f"resumed from {killed_at}: {steps:,} env steps")
+        cli.wait_for("steps ")  # a console line: training runs
+        time.sleep(1.0)
+        code, seconds, err = cli.signal_and_wait(signal.SIGINT)
+    finally:
+        cli.kill()
+    assert code == 0, err[-3000:]
+    assert "received SIGINT" in cli.stdout and seconds < 5
+    assert int(tf.train.latest_checkpoint(ckdir).rsplit("-", 1)[1]) > steps
+    assert os.path.exists(os.path.join(logdir, "policy.keras"))
+
+    before = snapshot(logdir)
+    cli = Cli(*args)
+    try:
+        cli.wait_for("effective config")  # TensorFlow's import and the model build follow
+        code, seconds, err = cli.signal_and_wait(signal.SIGTERM)
+    finally:
+        cli.kill()
+    assert code == 128 + signal.SIGTERM, (code, err[-2000:])
+    assert seconds < 5
+    assert "received SIGTERM before training started" in err and "Traceback" not in err
+    assert snapshot(logdir) == before
 
 
 def one_error_line(proc, *needles):
@@ -367,8 +393,8 @@ def test_divergence_stops_saving_nothing_non_finite_and_the_same_command_resumes
 
     logdir = copy_run(trained_run, tmp_path, "diverge")
     ckdir = os.path.join(logdir, "checkpoints")
-    proc = run_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=20000", "--learning_rate=1e30",
-                   "--checkpoint_every_seconds=0.2")
+    proc = train_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=20000",
+                     "--learning_rate=1e30", "--checkpoint_every_seconds=0.2")
     assert proc.returncode == 1, proc.stderr[-3000:]
     latest = tf.train.latest_checkpoint(ckdir)
     line = one_error_line(proc, "non-finite", f"the latest checkpoint is {latest}")
@@ -380,7 +406,7 @@ def test_divergence_stops_saving_nothing_non_finite_and_the_same_command_resumes
     assert latest in checkpoints and all(all_finite(c) for c in checkpoints)
     model = keras.models.load_model(os.path.join(logdir, "policy.keras"), compile=False)
     assert all(np.isfinite(np.asarray(w)).all() for w in model.weights)
-    proc = run_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=5000")
+    proc = train_cli(*TINY, f"--logdir={logdir}", "--max_env_steps=5000")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed from {latest}" in proc.stdout
     assert all_finite(tf.train.latest_checkpoint(ckdir))
@@ -391,8 +417,8 @@ def test_nan_rewards_stop_the_run_and_nothing_non_finite_is_saved(tmp_path):
     import tensorflow as tf
 
     logdir = str(tmp_path / "nan")
-    proc = run_cli(*TINY, "--env=tests.faulty_env:NaNRewardCartPole-v0", f"--logdir={logdir}",
-                   "--max_seconds=60", "--checkpoint_every_seconds=0.2")
+    proc = train_cli(*TINY, "--env=tests.faulty_env:NaNRewardCartPole-v0", f"--logdir={logdir}",
+                     "--max_seconds=60", "--checkpoint_every_seconds=0.2")
     assert proc.returncode == 1, proc.stderr[-3000:]
     one_error_line(proc, "non-finite", "loss", "at update", "stopped without saving")
     ckdir = os.path.join(logdir, "checkpoints")
@@ -405,9 +431,15 @@ def test_nan_rewards_stop_the_run_and_nothing_non_finite_is_saved(tmp_path):
         assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
-def test_xla_and_mixed_precision_run_end_to_end(tmp_path):
-    proc = run_cli(*TINY, f"--logdir={tmp_path}/xla", "--max_env_steps=2000", "--xla",
-                   "--mixed_precision")
+def test_xla_and_mixed_precision_flags_reach_the_model_that_trains(tmp_path):
+    """--xla and --mixed_precision, from the command line to the learner the run trained
+    with: XLA-compiled steps, bfloat16 compute over float32 variables, updates made, and a
+    finite checkpoint (the learner's own tests check what each option computes)."""
+    proc = train_cli(*TINY, f"--logdir={tmp_path}/xla", "--max_env_steps=2000", "--xla",
+                     "--mixed_precision")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "XLA on; mixed precision on (bfloat16)" in proc.stdout
-    assert "device: " in proc.stdout
+    learner = proc.service.learner
+    assert learner.xla and learner.version > 0
+    assert any("bfloat16" in str(layer.compute_dtype) for layer in learner.model.layers)
+    assert all(v.dtype == "float32" for v in learner.model.trainable_variables)
+    assert all_finite(proc.service.checkpointer.on_disk_latest())
