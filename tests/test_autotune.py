@@ -4,7 +4,8 @@ The simulated tests run the tuner and the pipeline it tunes on one `FakeClock`: 
 the time on at once, so a minute of tuning takes milliseconds, every window measures its
 layout's rate exactly, and what the tuner does at a given time is the same on every run. The
 test thread meets the tuner at a chosen time by holding it there (`hold_at`), then looks at it
-and acts on it (freeze, stop) while it stands still: no real sleeps, no races.
+and acts on it (freeze, stop) while it stands still: no real sleeps, no races. One test runs
+the tuner on its default, real clock: what the service runs.
 """
 
 import threading
@@ -160,6 +161,27 @@ def test_a_drifting_machine_is_not_mistaken_for_a_better_layout():
     assert pipeline.counts() == {"agents": 1, "predictors": 1, "trainers": 1}
 
 
+def test_on_the_real_clock_by_default_freeze_and_stop_end_a_long_wait():
+    """No clock given (the service's tuner): real time, a 3 s settle and a 60 s window, and
+    yet freeze or a stop ends the tuner within one wait (at most 0.25 s)."""
+    for end in ("freeze", "stop"):
+        pipeline = SimulatedPipeline(peaked)  # on its own fake clock: no window ever ends
+        stop, failure = threading.Event(), Failure()
+        tuner = Autotuner(pipeline, pipeline, BOUNDS, window_seconds=60.0, margin=0.05,
+                          log=lambda line: None, stop=stop, failure=failure)
+        tuner.start()
+        t0 = time.monotonic()
+        if end == "freeze":
+            tuner.freeze(JOIN)
+        else:
+            stop.set()
+            tuner.join(JOIN)
+        assert not tuner.is_alive() and time.monotonic() - t0 < 1.0, end
+        stop.set()
+        assert not failure, failure.traceback
+        assert tuner.decisions == [] and pipeline.history == [pipeline.counts()]
+
+
 def test_thread_churn_on_the_real_pipeline_loses_no_transitions():
     """Agents, predictors and trainers added and retired under load (CartPole, trivial model):
     every env step reaches training, except what the one trainer left holds while it waits
@@ -226,6 +248,28 @@ def test_freeze_ends_tuning_and_undoes_a_trial_in_progress():
     assert [(d.knob, d.after, d.kept) for d in tuner.decisions] == [("agents", 2, True)]
     assert pipeline.counts() == {"agents": 2, "predictors": 1, "trainers": 1}  # as kept
     assert tuner.trial is None
+
+
+def test_a_freeze_as_a_trial_wins_keeps_it_undone():
+    """Frozen after the last window of a winning trial, before its decision: not kept."""
+    pipeline = SimulatedPipeline(peaked)
+    tuner, stop, failure, lines = make_tuner(pipeline)
+    snapshot = pipeline.snapshot
+
+    def snapshot_then_freeze():
+        if pipeline.clock.monotonic() == 5.625:  # agents 1 -> 2 won its second trial
+            tuner.frozen.set()
+        return snapshot()
+
+    pipeline.snapshot = snapshot_then_freeze  # the tuner's `stats`
+    tuner.start()
+    tuner.join(JOIN)
+    stop.set()
+    assert not tuner.is_alive() and not failure, failure.traceback
+    assert [(d.knob, d.after, d.trial_rate, d.kept) for d in tuner.decisions] == [
+        ("agents", 2, 5_000, False)]
+    assert lines[0].endswith("undone; now agents=1 predictors=1 trainers=1")
+    assert pipeline.counts() == {"agents": 1, "predictors": 1, "trainers": 1}
 
 
 def test_nothing_to_move_and_freeze_do_not_spin():
