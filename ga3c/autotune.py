@@ -25,6 +25,8 @@ holds, a retired trainer puts its batch back on the queue.
 
 Pure Python (no TensorFlow): `pipeline` needs `counts()` and `resize(knob, delta)`, `stats`
 `snapshot()` and `window(a, b).throughput` (`ga3c.stats`: the one definition of throughput).
+Every time read and every wait goes through a `Clock` (the real one unless given): the tests
+run the tuner on `ga3c.fakes.FakeClock`, a minute of tuning in milliseconds, no real sleeps.
 """
 
 from __future__ import annotations
@@ -32,12 +34,34 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 from ga3c.threads import Failure, Worker
 
 KNOBS = ("agents", "trainers", "predictors")
 MOVES = tuple((knob, delta) for knob in KNOBS for delta in (+1, -1))
+WAIT_SECONDS = 0.25  # longest one wait lasts before the tuner looks at freeze and retire
+
+
+class Clock(Protocol):
+    """Where the tuner reads the time and waits; `stats` must count on the same time (the
+    real one in the service, a `ga3c.fakes.FakeClock` in the tests)."""
+
+    def monotonic(self) -> float: ...
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """Wait up to `seconds`, less if `event` is set; True if it is set."""
+        ...
+
+
+class RealClock:
+    """`time.monotonic` and `Event.wait`."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        return event.wait(seconds)
 
 
 @dataclasses.dataclass
@@ -66,8 +90,8 @@ class Autotuner(Worker):
     def __init__(self, pipeline, stats,
                  bounds: dict[str, tuple[int, int]],
                  window_seconds: float, margin: float, log: Callable[[str], None],
-                 stop: threading.Event, failure: Failure, settle_seconds: float | None = None
-                 ) -> None:
+                 stop: threading.Event, failure: Failure, settle_seconds: float | None = None,
+                 clock: Clock | None = None) -> None:
         super().__init__("autotune", stop, failure)
         self._pipeline = pipeline
         self._stats = stats  # snapshot() and window(a, b).throughput, as ga3c.stats.Stats
@@ -75,12 +99,13 @@ class Autotuner(Worker):
         self._window = window_seconds
         self._margin = margin
         self._log = log
+        self._clock = clock or RealClock()
         # After a change, threads start (TensorFlow, env creation) before it is measured.
         self._settle = min(3.0, window_seconds / 3) if settle_seconds is None else settle_seconds
         self.decisions: list[Decision] = []
         self.frozen = threading.Event()  # set: tuning ends, the layout kept so far stays
         self.trial: str | None = None  # the move being measured, if any
-        self._t0 = time.monotonic()
+        self._t0 = self._clock.monotonic()
 
     def freeze(self, timeout: float = 10.0) -> None:
         """End tuning now and keep the layout kept so far (a trial in progress is undone)."""
@@ -89,12 +114,12 @@ class Autotuner(Worker):
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep unless stopped, retired or frozen; False if the tuner should end."""
-        deadline = time.monotonic() + seconds
+        deadline = self._clock.monotonic() + seconds
         while not (self.stopping or self.frozen.is_set()):
-            left = deadline - time.monotonic()
+            left = deadline - self._clock.monotonic()
             if left <= 0:
                 return True
-            self.stop_event.wait(min(left, 0.25))
+            self._clock.wait(self.stop_event, min(left, WAIT_SECONDS))
         return False
 
     def _measure(self) -> float | None:
@@ -156,7 +181,7 @@ class Autotuner(Worker):
             kept = won and not self.frozen.is_set()
             if kept:
                 self._pipeline.resize(knob, delta)
-            self.decisions.append(Decision(time.monotonic() - self._t0, knob, before,
+            self.decisions.append(Decision(self._clock.monotonic() - self._t0, knob, before,
                                            before + delta, reference, trial, kept,
                                            self._pipeline.counts()))
             self._log(self.decisions[-1].line())

@@ -4,13 +4,19 @@ No TensorFlow: `FakePredict` and `FakeTrain` take the places of `Learner.predict
 `Learner.train` (the benchmark's env-only ceiling runs the real thread layout with them: a
 model that costs nothing), `FakeVectorEnv` is a deterministic vector env whose every step
 can be checked against `ga3c.returns.reference_transitions`, and `FakeClock` is time that
-moves only when something sleeps on it (the autotuner's tests run without real sleeps).
+moves only when something waits on it: the autotuner's tests run the tuner, and the
+simulated pipeline it tunes, on one (a minute of tuning in milliseconds, no real sleeps, and
+what happens at a given time is the same on every run); `call_at` runs a function at a given
+time, e.g. to hold the tuner still there while the test looks at it, freezes or stops it.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import threading
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -148,3 +154,46 @@ class FakeVectorEnv:
 
     def close(self):
         self.closed = True
+
+
+class FakeClock:
+    """`ga3c.autotune.Clock` on made-up time that moves only when something waits on it.
+
+    `wait(event, seconds)` moves the time on by `seconds` at once, without sleeping; if the
+    event is set, or gets set by a `call_at` function the time passes on the way, it returns
+    at that moment instead. Nothing waiting, time stands still: a loop that forgets to wait
+    never sees its deadline (run it in a thread with bounded joins). Thread-safe; with several
+    threads waiting at once, each wait moves the one time on by its own amount.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._lock = threading.Lock()
+        self._now = start
+        self._due: list[tuple[float, int, Callable[[], object]]] = []  # heap of call_at
+        self._order = itertools.count()  # ties run in the order they were asked for
+        self.waits = 0  # calls of wait(), to check that a loop waits as little as it should
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._now
+
+    def call_at(self, when: float, fn: Callable[[], object]) -> None:
+        """Run `fn()` when the time reaches `when`, in the thread whose wait gets it there
+        (outside the clock's lock: `fn` may read the clock, or block that thread)."""
+        with self._lock:
+            heapq.heappush(self._due, (when, next(self._order), fn))
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        with self._lock:
+            self.waits += 1
+            end = self._now + max(seconds, 0.0)
+        while not event.is_set():
+            with self._lock:
+                if self._due and self._due[0][0] <= end:
+                    when, _, fn = heapq.heappop(self._due)
+                    self._now = max(self._now, when)
+                else:
+                    self._now = max(self._now, end)
+                    return False
+            fn()
+        return True

@@ -1,4 +1,12 @@
-"""The autotune controller on a simulated pipeline, and thread churn on the real one."""
+"""The autotune controller on a simulated pipeline, and thread churn on the real one.
+
+The simulated tests run the tuner and the pipeline it tunes on one `FakeClock`: a wait moves
+the time on at once, so a minute of tuning takes milliseconds, every window measures its
+layout's rate exactly, and what the tuner does at a given time is the same on every run. The
+test thread meets the tuner at a chosen time by holding it there (`hold_at`), then looks at it
+and acts on it (freeze, stop) while it stands still: no real sleeps, no races. One test runs
+the tuner on its default, real clock: what the service runs.
+"""
 
 import threading
 import time
@@ -6,34 +14,40 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ga3c.autotune import Autotuner
+from ga3c.autotune import WAIT_SECONDS, Autotuner
 from ga3c.config import Config
-from ga3c.fakes import FakePredict, FakeTrain
+from ga3c.fakes import FakeClock, FakePredict, FakeTrain
 from ga3c.stats import Stats
 from ga3c.threads import Failure
 
 BOUNDS = {"agents": (1, 6), "predictors": (1, 3), "trainers": (1, 3)}
+# Fake seconds, binary fractions so that every time the tuner reaches is exact: a measurement
+# (settle, then window) takes 1.125 s, an undone trial 2.25 s (trial window, window after), a
+# kept one 5.625 s (two trials, then the new layout's window).
+SETTLE, WINDOW = 0.125, 1.0
+JOIN = 10.0  # real seconds: bounds every wait of the test thread on the tuner's
 
 
 class SimulatedPipeline:
-    """Env steps accumulate at `rate(layout)` per second of real time."""
+    """Env steps accumulate at `rate(layout)` per second of `clock` (a new FakeClock if none)."""
 
-    def __init__(self, rate, layout=None) -> None:
+    def __init__(self, rate, layout=None, clock: FakeClock | None = None) -> None:
         self.rate = rate
+        self.clock = clock or FakeClock()
         self.layout = dict(layout or {"agents": 1, "predictors": 1, "trainers": 1})
         self.lock = threading.Lock()
-        self.steps, self.t = 0.0, time.monotonic()
+        self.steps, self.t = 0.0, self.clock.monotonic()
         self.history = [dict(self.layout)]
 
     def _advance(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         self.steps += self.rate(self.layout) * (now - self.t)
         self.t = now
 
-    def snapshot(self) -> tuple[float, int]:
+    def snapshot(self) -> tuple[float, float]:
         with self.lock:
             self._advance()
-            return self.t, int(self.steps)
+            return self.t, self.steps
 
     @staticmethod
     def window(a, b) -> SimpleNamespace:
@@ -56,37 +70,71 @@ def peaked(layout) -> float:
             - 1_000 * abs(layout["predictors"] - 1))
 
 
-def run_tuner(pipeline, seconds, bounds=BOUNDS, margin=0.05):
+def make_tuner(pipeline, bounds=BOUNDS, margin=0.05):
     stop, failure, lines = threading.Event(), Failure(), []
-    tuner = Autotuner(pipeline, pipeline, bounds, window_seconds=0.15, margin=margin,
-                      log=lines.append, stop=stop, failure=failure, settle_seconds=0.02)
+    tuner = Autotuner(pipeline, pipeline, bounds, window_seconds=WINDOW, margin=margin,
+                      log=lines.append, stop=stop, failure=failure, settle_seconds=SETTLE,
+                      clock=pipeline.clock)
+    return tuner, stop, failure, lines
+
+
+def hold_at(clock: FakeClock, when: float, until: threading.Event) -> threading.Event:
+    """Hold the thread whose wait on `clock` reaches `when` (the tuner's) until `until` is set
+    (bounded); the event returned is set once it is held."""
+    held = threading.Event()
+
+    def hold() -> None:
+        held.set()
+        until.wait(JOIN)
+
+    clock.call_at(when, hold)
+    return held
+
+
+def run_tuner(pipeline, seconds, bounds=BOUNDS, margin=0.05):
+    """Tune for `seconds` of fake time, then freeze the tuner from the test thread."""
+    tuner, stop, failure, lines = make_tuner(pipeline, bounds, margin)
+    held = hold_at(pipeline.clock, seconds, tuner.frozen)
     tuner.start()
-    time.sleep(seconds)
-    tuner.freeze()  # ends tuning; a trial in progress is undone
-    stop.set()
+    try:
+        assert held.wait(JOIN), failure.traceback or "the tuner never got there"
+        tuner.freeze(JOIN)  # ends tuning; a trial in progress is undone
+    finally:
+        stop.set()
+    tuner.join(JOIN)
     assert not tuner.is_alive() and not failure, failure.traceback
     return tuner, lines
 
 
 def test_climbs_to_the_best_layout_and_stays():
     pipeline = SimulatedPipeline(peaked)
-    tuner, lines = run_tuner(pipeline, 8.0)
+    tuner, lines = run_tuner(pipeline, 60.0)
     assert pipeline.counts() == {"agents": 4, "predictors": 1, "trainers": 2}
-    kept = [d for d in tuner.decisions if d.kept]
+    kept = [(d.knob, d.after - d.before) for d in tuner.decisions if d.kept]
     # It got there by kept moves of one knob by one each, every one logged.
-    assert [(d.knob, d.after - d.before) for d in kept].count(("agents", 1)) == 3
-    assert [(d.knob, d.after - d.before) for d in kept].count(("trainers", 1)) == 1
+    assert kept == [("agents", 1)] * 3 + [("trainers", 1)]
     assert len(lines) == len(tuner.decisions) and all(ln.startswith("autotune: ") for ln in lines)
-    assert "kept" in lines[0] and "agents 1 -> 2" in lines[0]
-    # Once there, every trial is undone.
+    # Each window measured its layout's rate exactly; the decision (two A-B-A trials after the
+    # first window) is stamped with the tuner's clock.
+    assert lines[0] == ("autotune: agents 1 -> 2: throughput/s 3,500 -> 5,000 (+42.9%), kept; "
+                        "now agents=2 predictors=1 trainers=1")
+    assert tuner.decisions[0].at_seconds == 5.625
+    # Once there, every trial is undone: each allowed move, again and again.
     last_kept = max(i for i, d in enumerate(tuner.decisions) if d.kept)
-    assert len(tuner.decisions) - last_kept > 6
+    after = [(d.knob, d.after - d.before) for d in tuner.decisions[last_kept + 1:]]
+    assert not any(d.kept for d in tuner.decisions[last_kept + 1:])
+    for move in [("agents", 1), ("agents", -1), ("trainers", 1), ("trainers", -1),
+                 ("predictors", 1)]:
+        assert after.count(move) >= 2, after
 
 
 def test_respects_bounds():
     pipeline = SimulatedPipeline(lambda layout: 1_000 * layout["agents"])  # more is better
-    run_tuner(pipeline, 3.0, bounds={**BOUNDS, "agents": (1, 3)})
+    tuner, _ = run_tuner(pipeline, 30.0, bounds={**BOUNDS, "agents": (1, 3)})
     assert pipeline.counts()["agents"] == 3
+    assert [(d.knob, d.after) for d in tuner.decisions if d.kept] == [("agents", 2),
+                                                                     ("agents", 3)]
+    assert len(tuner.decisions) > 6  # and it went on trying what it may (agents 3 -> 2 too)
     for layout in pipeline.history:
         for knob, (low, high) in BOUNDS.items():
             top = 3 if knob == "agents" else high
@@ -96,18 +144,42 @@ def test_respects_bounds():
 def test_keeps_nothing_when_no_change_helps_by_the_margin():
     # 3% better with more agents, but the margin asks for 5%: noise-sized gains are not taken.
     pipeline = SimulatedPipeline(lambda layout: 10_000 * 1.03 ** layout["agents"])
-    tuner, _ = run_tuner(pipeline, 2.0)
-    assert tuner.decisions and not any(d.kept for d in tuner.decisions)
+    tuner, _ = run_tuner(pipeline, 20.0)
+    assert len(tuner.decisions) >= 6 and not any(d.kept for d in tuner.decisions)
+    assert {d.knob for d in tuner.decisions} == {"agents", "predictors", "trainers"}
     assert pipeline.counts() == {"agents": 1, "predictors": 1, "trainers": 1}
 
 
 def test_a_drifting_machine_is_not_mistaken_for_a_better_layout():
     """The machine speeds up 40% per second whatever the layout; a before/after comparison
-    would keep every +1 move. The A-B-A comparison keeps none."""
-    t0 = time.monotonic()
-    pipeline = SimulatedPipeline(lambda layout: 10_000 * (1 + 0.4 * (time.monotonic() - t0)))
-    tuner, _ = run_tuner(pipeline, 2.0)
-    assert len(tuner.decisions) >= 3 and not any(d.kept for d in tuner.decisions)
+    would keep every move (the trial window ends 1.125 s after the one before it: 46% more).
+    The A-B-A comparison keeps none."""
+    clock = FakeClock()
+    pipeline = SimulatedPipeline(lambda layout: 10_000 * 1.4 ** clock.monotonic(), clock=clock)
+    tuner, _ = run_tuner(pipeline, 20.0)
+    assert len(tuner.decisions) >= 6 and not any(d.kept for d in tuner.decisions)
+    assert pipeline.counts() == {"agents": 1, "predictors": 1, "trainers": 1}
+
+
+def test_on_the_real_clock_by_default_freeze_and_stop_end_a_long_wait():
+    """No clock given (the service's tuner): real time, a 3 s settle and a 60 s window, and
+    yet freeze or a stop ends the tuner within one wait (at most 0.25 s)."""
+    for end in ("freeze", "stop"):
+        pipeline = SimulatedPipeline(peaked)  # on its own fake clock: no window ever ends
+        stop, failure = threading.Event(), Failure()
+        tuner = Autotuner(pipeline, pipeline, BOUNDS, window_seconds=60.0, margin=0.05,
+                          log=lambda line: None, stop=stop, failure=failure)
+        tuner.start()
+        t0 = time.monotonic()
+        if end == "freeze":
+            tuner.freeze(JOIN)
+        else:
+            stop.set()
+            tuner.join(JOIN)
+        assert not tuner.is_alive() and time.monotonic() - t0 < 1.0, end
+        stop.set()
+        assert not failure, failure.traceback
+        assert tuner.decisions == [] and pipeline.history == [pipeline.counts()]
 
 
 def test_thread_churn_on_the_real_pipeline_loses_no_transitions():
@@ -128,7 +200,7 @@ def test_thread_churn_on_the_real_pipeline_loses_no_transitions():
         for _ in range(60):
             knob = ["agents", "predictors", "trainers"][rng.integers(3)]
             pipeline.resize(knob, int(rng.choice([-1, 1])) if pipeline.counts()[knob] < 4 else -1)
-            time.sleep(0.02)
+            time.sleep(0.01)  # real threads: let them run a little under this layout
         for knob in ("agents", "predictors", "trainers"):  # down to one each
             while pipeline.counts()[knob] > 1:
                 pipeline.resize(knob, -1)
@@ -136,13 +208,19 @@ def test_thread_churn_on_the_real_pipeline_loses_no_transitions():
             agent.retire.set()
         for agent in pipeline.agents:
             agent.join(5)
-        time.sleep(0.5)  # the trainer drains the queue
         assert not any(a.is_alive() for a in pipeline.agents)
-        steps, in_training = stats.env_steps, train.rows
+        steps = stats.env_steps
+        # The trainer drains the queue (bounded wait; a lost transition makes it time out).
+        deadline = time.monotonic() + JOIN
+        while time.monotonic() < deadline and not (
+                pipeline.trainers.queue.empty()
+                and train.rows > steps - config.pipeline.min_train_batch):
+            time.sleep(0.005)
         queued = sum(len(item) for item in list(pipeline.trainers.queue.queue))
     finally:
         stop.set()
         stuck = pipeline.join()
+    in_training = train.rows  # every thread ended: nothing trained twice, ever
     assert not failure, failure.traceback
     assert not stuck
     assert pipeline._agents_made > 3  # agents were really added and retired
@@ -150,52 +228,84 @@ def test_thread_churn_on_the_real_pipeline_loses_no_transitions():
     assert steps - config.pipeline.min_train_batch < in_training <= steps
 
 
-def tuner_in_a_trial():
-    """A tuner on the peaked simulated pipeline, caught while a trial move is applied."""
-    pipeline = SimulatedPipeline(peaked)
-    stop, failure = threading.Event(), Failure()
-    tuner = Autotuner(pipeline, pipeline, BOUNDS, window_seconds=0.3, margin=0.05,
-                      log=lambda line: None, stop=stop, failure=failure, settle_seconds=0.02)
-    tuner.start()
-    deadline = time.monotonic() + 10
-    while tuner.trial is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert tuner.trial is not None
-    return pipeline, tuner, stop, failure
+# The tuner on the peaked pipeline at 7.5 s (fake): agents 1 -> 2 was kept at 5.625 s, the
+# new layout measured until 6.75 s, and the trial of agents 2 -> 3 is in its window.
+IN_A_TRIAL = 7.5
 
 
 def test_freeze_ends_tuning_and_undoes_a_trial_in_progress():
-    pipeline, tuner, stop, failure = tuner_in_a_trial()
-    tuner.freeze()
-    assert not tuner.is_alive() and not failure
-    kept = {"agents": 1, "predictors": 1, "trainers": 1}
-    for d in tuner.decisions:
-        if d.kept:
-            kept[d.knob] = d.after
-    assert pipeline.counts() == kept
+    pipeline = SimulatedPipeline(peaked)
+    tuner, stop, failure, _ = make_tuner(pipeline)
+    held = hold_at(pipeline.clock, IN_A_TRIAL, tuner.frozen)
+    tuner.start()
+    try:
+        assert held.wait(JOIN), failure.traceback
+        assert tuner.trial == "agents 2 -> 3" and pipeline.counts()["agents"] == 3
+        tuner.freeze(JOIN)
+        assert not tuner.is_alive() and not failure, failure.traceback
+    finally:
+        stop.set()
+    assert [(d.knob, d.after, d.kept) for d in tuner.decisions] == [("agents", 2, True)]
+    assert pipeline.counts() == {"agents": 2, "predictors": 1, "trainers": 1}  # as kept
+    assert tuner.trial is None
+
+
+def test_a_freeze_as_a_trial_wins_keeps_it_undone():
+    """Frozen after the last window of a winning trial, before its decision: not kept."""
+    pipeline = SimulatedPipeline(peaked)
+    tuner, stop, failure, lines = make_tuner(pipeline)
+    snapshot = pipeline.snapshot
+
+    def snapshot_then_freeze():
+        if pipeline.clock.monotonic() == 5.625:  # agents 1 -> 2 won its second trial
+            tuner.frozen.set()
+        return snapshot()
+
+    pipeline.snapshot = snapshot_then_freeze  # the tuner's `stats`
+    tuner.start()
+    tuner.join(JOIN)
     stop.set()
+    assert not tuner.is_alive() and not failure, failure.traceback
+    assert [(d.knob, d.after, d.trial_rate, d.kept) for d in tuner.decisions] == [
+        ("agents", 2, 5_000, False)]
+    assert lines[0].endswith("undone; now agents=1 predictors=1 trainers=1")
+    assert pipeline.counts() == {"agents": 1, "predictors": 1, "trainers": 1}
 
 
 def test_nothing_to_move_and_freeze_do_not_spin():
-    """Every knob at its only allowed value: the tuner waits; freeze ends it at once."""
+    """Every knob at its only allowed value: the tuner waits (a tuner that looked again
+    without waiting would never get the time to `until`); freeze ends it at once."""
     pipeline = SimulatedPipeline(peaked)
-    stop, failure = threading.Event(), Failure()
-    tuner = Autotuner(pipeline, pipeline, {k: (1, 1) for k in BOUNDS},
-                      window_seconds=0.1, margin=0.05, log=lambda line: None, stop=stop,
-                      failure=failure, settle_seconds=0.01)
+    tuner, stop, failure, _ = make_tuner(pipeline, bounds={k: (1, 1) for k in BOUNDS})
+    until = 30.0
+    held = hold_at(pipeline.clock, until, tuner.frozen)
     tuner.start()
-    time.sleep(0.5)
-    t0 = time.monotonic()
-    tuner.freeze()
-    assert not tuner.is_alive() and time.monotonic() - t0 < 1.0
+    try:
+        assert held.wait(JOIN), failure.traceback
+        assert pipeline.clock.waits <= until / WAIT_SECONDS + 2  # waits of 0.25 s, no shorter
+        t0 = time.monotonic()
+        tuner.freeze(JOIN)
+        assert not tuner.is_alive() and time.monotonic() - t0 < 1.0
+    finally:
+        stop.set()
+    assert not failure, failure.traceback
+    assert pipeline.clock.monotonic() <= until + WAIT_SECONDS  # done within the wait it was in
     assert tuner.decisions == [] and pipeline.history == [pipeline.counts()]
-    stop.set()
 
 
 def test_a_stop_during_a_trial_starts_no_thread():
-    pipeline, tuner, stop, failure = tuner_in_a_trial()
-    layout = pipeline.counts()
-    stop.set()
-    tuner.join(5)
-    assert not tuner.is_alive()
-    assert pipeline.counts() == layout and tuner.trial is not None  # left as it was
+    pipeline = SimulatedPipeline(peaked)
+    tuner, stop, failure, _ = make_tuner(pipeline)
+    held = hold_at(pipeline.clock, IN_A_TRIAL, stop)
+    tuner.start()
+    try:
+        assert held.wait(JOIN), failure.traceback
+        layout, resizes = pipeline.counts(), len(pipeline.history)
+        assert tuner.trial == "agents 2 -> 3" and layout["agents"] == 3
+    finally:
+        stop.set()
+    tuner.join(JOIN)
+    assert not tuner.is_alive() and not failure, failure.traceback
+    # Left as it was: undoing the trial now would start a thread that the stop would miss.
+    assert pipeline.counts() == layout and len(pipeline.history) == resizes
+    assert tuner.trial == "agents 2 -> 3"
