@@ -9,8 +9,7 @@ from ga3c.config import EnvConfig
 from ga3c.envs import (EnvError, LockStepEnvs, ale_game, frames_last, inspect_env,
                        make_agent_envs, make_vector_env)
 from ga3c.returns import Transitions, reference_transitions
-from tests.test_cli import (REPO, all_finite, checkpoint_counters, run_cli, tf_latest_checkpoint,
-                            train_cli)
+from tests.test_cli import REPO, all_finite, checkpoint_counters, tf_latest_checkpoint, train_cli
 from tests.test_threads import run_agent_until_retired
 
 pytest.importorskip("ale_py")
@@ -161,12 +160,12 @@ def test_atari_backends_make_the_same_transitions_as_the_reference(backend, batc
 
 @pytest.fixture(scope="module")
 def pong_run(tmp_path_factory):
-    """configs/pong.cfg as shipped, through the real `ga3c-train` program (the test run's one
+    """configs/pong.cfg as shipped, through `ga3c-train`'s entry function (the test run's one
     Pong run through the CLI), for 1,000 agent steps; games capped at 600 frames (150 agent
-    steps) so that the evaluation below plays whole ones quickly. (logdir, CompletedProcess)"""
+    steps) so that the evaluation below plays whole ones quickly. (logdir, CliRun)"""
     logdir = tmp_path_factory.mktemp("pong") / "run"
-    proc = run_cli("--flagfile=configs/pong.cfg", f"--logdir={logdir}", "--max_env_steps=1000",
-                   "--max_episode_frames=600", "--log_every_seconds=1", timeout=300)
+    proc = train_cli(f"--flagfile={REPO}/configs/pong.cfg", f"--logdir={logdir}",
+                     "--max_env_steps=1000", "--max_episode_frames=600", "--log_every_seconds=1")
     return logdir, proc
 
 
@@ -179,15 +178,17 @@ def test_pong_cfg_trains_through_the_cli(pong_run):
     assert all_finite(tf_latest_checkpoint(logdir))
 
 
-@pytest.mark.parametrize("extra", [["--env_backend=threads"], ["--ale_batch_size=8"]])
+@pytest.mark.parametrize("extra", [["--env_backend=threads"], ["--ale_batch_size=4"]])
 def test_breakout_cfg_trains_on_the_other_backends(tmp_path, extra):
-    """configs/breakout.cfg on gymnasium envs in threads, and on ale-py's async batches."""
+    """configs/breakout.cfg on gymnasium envs in threads, and on ale-py's async batches (one
+    agent of 8 envs here: the backend is what is tested, not the layout)."""
     logdir = tmp_path / "run"
     proc = train_cli(f"--flagfile={REPO}/configs/breakout.cfg", f"--logdir={logdir}",
-                     "--max_env_steps=800", *extra)
+                     "--num_agents=1", "--envs_per_agent=8", "--min_train_batch=40",
+                     "--max_env_steps=400", *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps, _, updates = checkpoint_counters(logdir)
-    assert steps >= 800 and updates >= 1
+    assert steps >= 400 and updates >= 1
 
 
 def test_eval_plays_a_trained_pong_run_on_its_backend_and_a_video_of_the_real_screen(

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from tests.test_cli import run_cli
+from tests.test_cli import REPO, run_cli, train_cli
 
 
 def best_mean100(logdir):
@@ -25,8 +25,8 @@ def best_mean100(logdir):
 
 def test_cartpole_clearly_learns(tmp_path):
     logdir = str(tmp_path / "learn")
-    proc = run_cli("--flagfile=configs/cartpole.cfg", f"--logdir={logdir}", "--seed=1",
-                   "--target_score=150", "--max_seconds=60", timeout=180)
+    proc = train_cli(f"--flagfile={REPO}/configs/cartpole.cfg", f"--logdir={logdir}", "--seed=1",
+                     "--target_score=150", "--max_seconds=60")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "solved: mean of last 100 episodes" in proc.stdout, proc.stdout[-3000:]
     assert best_mean100(logdir) >= 150
