@@ -217,12 +217,10 @@ def _num_actions(config: Config) -> int:
     return inspect_env(config.env.env_id, config.env).num_actions
 
 
-def model_ceiling(config: Config, env_spec, batch: int, threads: int, seconds: float,
+def model_ceiling(learner, config: Config, env_spec, batch: int, threads: int, seconds: float,
                   train: bool) -> float:
-    """Samples/s of the real model's predict (or train) step alone at `batch` rows."""
-    from ga3c.learner import Learner
-
-    learner = Learner.for_run(config, env_spec)
+    """Samples/s of the real model's predict (or train) step alone at `batch` rows
+    (`learner`: `Learner.for_run(config, env_spec)`)."""
     rng = np.random.default_rng(0)
     batch = max(1, int(round(batch)))
     states = rng.normal(size=(batch, *env_spec.obs_shape)).astype(env_spec.obs_dtype)
@@ -253,6 +251,8 @@ def model_ceiling(config: Config, env_spec, batch: int, threads: int, seconds: f
 
 def measure(config: Config, env_spec, warmup: float, seconds: float,
             compare_layout: dict[str, int] | None = None, pace: Pace = Pace()) -> dict:
+    from ga3c.learner import Learner
+
     rec = run_pipeline(config, env_spec, warmup, seconds, compare_layout, pace)
     rec["peak_rss_mib"] = peak_rss_mib()
     # Ceilings for the layout measured (with autotune: the one it reached).
@@ -263,10 +263,14 @@ def measure(config: Config, env_spec, warmup: float, seconds: float,
     p = config.pipeline
     ceil_seconds = max(pace.min_ceiling_seconds, seconds / 2)
     rec["ceiling_env_steps_per_s"] = env_only_ceiling(config, min(warmup, 2.0), ceil_seconds)
+    # One fresh model for both (building one takes seconds): predicting changes no weight.
+    learner = Learner.for_run(config, env_spec)
     rec["ceiling_predictions_per_s"] = model_ceiling(
-        config, env_spec, rec["mean_predict_batch"], p.num_predictors, ceil_seconds, train=False)
+        learner, config, env_spec, rec["mean_predict_batch"], p.num_predictors, ceil_seconds,
+        train=False)
     rec["ceiling_samples_per_s"] = model_ceiling(
-        config, env_spec, rec["mean_train_batch"], p.num_trainers, ceil_seconds, train=True)
+        learner, config, env_spec, rec["mean_train_batch"], p.num_trainers, ceil_seconds,
+        train=True)
     # Every env step needs one prediction and one training sample: the model's combined rate.
     model = 1.0 / (1.0 / rec["ceiling_predictions_per_s"] + 1.0 / rec["ceiling_samples_per_s"])
     rec["ceiling_model_steps_per_s"] = model
