@@ -29,6 +29,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOLVED = 475.0
+sys.path.insert(0, REPO)
+
+from ga3c.rundir import RunDir  # noqa: E402  (no TensorFlow)
 
 
 def solve_point(episodes_csv: str, window: int = 100, target: float = SOLVED):
@@ -51,7 +54,7 @@ def final_mean(episodes_csv: str, window: int = 100) -> float:
 
 
 def greedy_eval(logdir: str, episodes: int, timeout: float) -> float:
-    out = os.path.join(logdir, "eval.json")
+    out = RunDir(logdir).eval_json("latest", "greedy")  # the latest checkpoint, greedy
     cmd = [sys.executable, "-c", "from ga3c.cli import eval_entry_point; eval_entry_point()",
            f"--logdir={logdir}", f"--episodes={episodes}", f"--json={out}"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
@@ -72,14 +75,16 @@ def run_seed(seed: int, extra: list[str], workdir: str, timeout: float,
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     process_seconds = time.monotonic() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"seed {seed}: ga3c-train exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    wall, steps, last = solve_point(os.path.join(logdir, "episodes.csv"))
+        raise RuntimeError(f"seed {seed}: ga3c-train exited {proc.returncode}:\n"
+                           f"{proc.stderr[-3000:]}")
+    episodes_csv = RunDir(logdir).episodes_csv
+    wall, steps, last = solve_point(episodes_csv)
     total_steps, total_wall = int(last["env_steps"]), float(last["wall_time"])
     row = dict(seed=seed, solved=wall is not None, solve_seconds=wall, solve_env_steps=steps,
                env_steps_per_s=total_steps / max(total_wall, 1e-9),
                process_seconds=process_seconds)
     if stay_seconds:
-        row["final_score100"] = final_mean(os.path.join(logdir, "episodes.csv"))
+        row["final_score100"] = final_mean(episodes_csv)
         row["greedy_eval100"] = greedy_eval(logdir, 100, timeout)
     return row
 
@@ -111,7 +116,8 @@ def main() -> int:
             steps = f"{r['solve_env_steps']:,}" if r["solved"] else "-"
             print(f"{seed:>4}  {str(r['solved']):>6}  {secs:>8}  {steps:>10}  "
                   f"{r['env_steps_per_s']:>11,.0f}"
-                  + (f"  {r['final_score100']:>14.1f}  {r['greedy_eval100']:>14.1f}" if stay else ""),
+                  + (f"  {r['final_score100']:>14.1f}  {r['greedy_eval100']:>14.1f}"
+                     if stay else ""),
                   flush=True)
     solved = [r for r in rows if r["solved"]]
     # A seed that did not solve counts as infinitely slow for the median.

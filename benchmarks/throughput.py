@@ -49,7 +49,6 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTLE_SECONDS = 3.0  # after the autotuner is frozen, before the window
 sys.path.insert(0, REPO)
 
 from ga3c.cli import BadInput, import_tensorflow_quietly, parse_config  # noqa: E402
@@ -57,7 +56,17 @@ from ga3c.config import Config  # noqa: E402
 from ga3c.fakes import FakePredict, FakeTrain  # noqa: E402
 from ga3c.returns import Transitions  # noqa: E402
 from ga3c.stats import Stats, peak_rss_mib  # noqa: E402
-from ga3c.threads import Failure  # noqa: E402
+from ga3c.threads import POLL_SECONDS, Failure  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Pace:
+    """The waits the benchmark adds to `--warmup` and `--seconds`. The defaults are what a
+    measurement needs (threads just started or retired must settle; a ceiling shorter than
+    2 s is mostly noise), so they are not flags; a smoke test passes shorter ones to `main`."""
+
+    settle_seconds: float = 3.0  # after a layout change (tuner frozen, a switch), before a window
+    min_ceiling_seconds: float = 2.0  # each ceiling runs max(this, --seconds / 2)
 
 
 def cpu_seconds() -> float:
@@ -114,7 +123,7 @@ def set_layout(pipeline, layout: dict[str, int]) -> None:
 
 
 def run_pipeline(config: Config, env_spec, warmup: float, seconds: float,
-                 compare_layout: dict[str, int] | None = None) -> dict:
+                 compare_layout: dict[str, int] | None = None, pace: Pace = Pace()) -> dict:
     """The real service for warmup + seconds; returns the measured window. With autotune on,
     the warm-up is the tuning time: the tuner is then frozen, and the layout it reached is
     measured (`layout`, `decisions` in the result). `compare_layout`: then switch the same
@@ -129,14 +138,16 @@ def run_pipeline(config: Config, env_spec, warmup: float, seconds: float,
     sampler_stop = threading.Event()
 
     def sample_depths():  # queue depths over the measured window only
-        measuring.wait(warmup + 5)
+        while not measuring.wait(POLL_SECONDS):
+            if sampler_stop.is_set():
+                return
         while not sampler_stop.wait(0.2):
             depths.append(service.pipeline.queue_depths())
 
     def freeze_tuner():
         if service.autotuner is not None:
             service.autotuner.freeze()
-            time.sleep(SETTLE_SECONDS)  # threads it started or retired settle
+            time.sleep(pace.settle_seconds)  # threads it started or retired settle
 
     sampler = threading.Thread(target=sample_depths, daemon=True)
     service.start()
@@ -155,7 +166,8 @@ def run_pipeline(config: Config, env_spec, warmup: float, seconds: float,
             for name, layout in (("best", compare_layout), ("best", compare_layout),
                                  ("tuned", tuned_layout)):
                 set_layout(service.pipeline, layout)
-                window = measure_window(service.stats, SETTLE_SECONDS, seconds, service.failure)
+                window = measure_window(service.stats, pace.settle_seconds, seconds,
+                                        service.failure)
                 rates[name].append(window["throughput"])
             result["compare_layout"] = dict(compare_layout)
             result["compare_throughput"] = float(np.mean(rates["best"]))
@@ -183,11 +195,13 @@ def env_only_ceiling(config: Config, warmup: float, seconds: float) -> float:
                         failure, seed=config.run.seed)
     pipeline.start()
     try:
-        # The warm-up starts once the envs step: creating many gymnasium Atari envs (the
-        # threads backend) takes seconds, which must not count against the envs.
+        # The warm-up starts once the envs are up (their first action is asked for):
+        # creating many gymnasium Atari envs (the threads backend) takes seconds, which must
+        # not count against the envs.
         deadline = time.monotonic() + 120
-        while stats.env_steps == 0 and not failure and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while not free_predict.entered.wait(POLL_SECONDS):
+            if failure or time.monotonic() > deadline:
+                break
         window = measure_window(stats, warmup, seconds, failure)
     finally:
         stop.set()
@@ -203,12 +217,10 @@ def _num_actions(config: Config) -> int:
     return inspect_env(config.env.env_id, config.env).num_actions
 
 
-def model_ceiling(config: Config, env_spec, batch: int, threads: int, seconds: float,
+def model_ceiling(learner, config: Config, env_spec, batch: int, threads: int, seconds: float,
                   train: bool) -> float:
-    """Samples/s of the real model's predict (or train) step alone at `batch` rows."""
-    from ga3c.learner import Learner
-
-    learner = Learner.for_run(config, env_spec)
+    """Samples/s of the real model's predict (or train) step alone at `batch` rows
+    (`learner`: `Learner.for_run(config, env_spec)`)."""
     rng = np.random.default_rng(0)
     batch = max(1, int(round(batch)))
     states = rng.normal(size=(batch, *env_spec.obs_shape)).astype(env_spec.obs_dtype)
@@ -238,8 +250,10 @@ def model_ceiling(config: Config, env_spec, batch: int, threads: int, seconds: f
 
 
 def measure(config: Config, env_spec, warmup: float, seconds: float,
-            compare_layout: dict[str, int] | None = None) -> dict:
-    rec = run_pipeline(config, env_spec, warmup, seconds, compare_layout)
+            compare_layout: dict[str, int] | None = None, pace: Pace = Pace()) -> dict:
+    from ga3c.learner import Learner
+
+    rec = run_pipeline(config, env_spec, warmup, seconds, compare_layout, pace)
     rec["peak_rss_mib"] = peak_rss_mib()
     # Ceilings for the layout measured (with autotune: the one it reached).
     layout = rec["layout"]
@@ -247,12 +261,16 @@ def measure(config: Config, env_spec, warmup: float, seconds: float,
                             pipeline__num_predictors=layout["predictors"],
                             pipeline__num_trainers=layout["trainers"], pipeline__autotune=False)
     p = config.pipeline
-    ceil_seconds = max(2.0, seconds / 2)
+    ceil_seconds = max(pace.min_ceiling_seconds, seconds / 2)
     rec["ceiling_env_steps_per_s"] = env_only_ceiling(config, min(warmup, 2.0), ceil_seconds)
+    # One fresh model for both (building one takes seconds): predicting changes no weight.
+    learner = Learner.for_run(config, env_spec)
     rec["ceiling_predictions_per_s"] = model_ceiling(
-        config, env_spec, rec["mean_predict_batch"], p.num_predictors, ceil_seconds, train=False)
+        learner, config, env_spec, rec["mean_predict_batch"], p.num_predictors, ceil_seconds,
+        train=False)
     rec["ceiling_samples_per_s"] = model_ceiling(
-        config, env_spec, rec["mean_train_batch"], p.num_trainers, ceil_seconds, train=True)
+        learner, config, env_spec, rec["mean_train_batch"], p.num_trainers, ceil_seconds,
+        train=True)
     # Every env step needs one prediction and one training sample: the model's combined rate.
     model = 1.0 / (1.0 / rec["ceiling_predictions_per_s"] + 1.0 / rec["ceiling_samples_per_s"])
     rec["ceiling_model_steps_per_s"] = model
@@ -299,7 +317,9 @@ def print_table(rows: list[list[str]]) -> None:
         print("  ".join(x.rjust(w) for x, w in zip(r, widths)), flush=True)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], pace: Pace = Pace()) -> int:
+    """The benchmark; its exit code. Callable more than once in a process (a test's): it
+    keeps no state between calls, and TensorFlow is set up by the first call."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="measured window")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring")
@@ -329,7 +349,12 @@ def main(argv: list[str]) -> int:
     except BadInput as exc:
         print(f"throughput.py: error: {exc}", file=sys.stderr)
         return 2
-    import_tensorflow_quietly(configs[0][1].run.tf_threads)
+    tf_threads = configs[0][1].run.tf_threads
+    try:  # a later call in the same process can keep TensorFlow's threads, not change them
+        import_tensorflow_quietly(tf_threads)
+    except RuntimeError as exc:
+        print(f"throughput.py: error: --tf_threads={tf_threads}: {exc}", file=sys.stderr)
+        return 2
     from ga3c.envs import EnvError, inspect_env
 
     try:
@@ -355,7 +380,7 @@ def main(argv: list[str]) -> int:
             best_layout = (max(records, key=lambda r: r["throughput"])["layout"]
                            if tuning and records else None)
             rec = measure(config, env_spec, args.autotune_seconds if tuning else args.warmup,
-                          args.seconds, compare_layout=best_layout)
+                          args.seconds, compare_layout=best_layout, pace=pace)
             if tuning:
                 p = config.pipeline
                 label = (f"autotune {args.autotune_seconds:g}s: {p.num_agents}/{p.num_predictors}"

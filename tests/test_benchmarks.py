@@ -4,28 +4,72 @@ import json
 import os
 import subprocess
 import sys
+import time
 
+from ga3c.autotune import Autotuner
 from tests.test_cli import REPO, TINY, cli_env
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import throughput  # noqa: E402
 from cartpole_solve import solve_point  # noqa: E402
 
-FIELDS = {"throughput", "env_steps_per_s", "predictions_per_s", "mean_predict_batch", "trainings_per_s",
-          "mean_train_batch", "samples_per_s", "mean_predict_queue", "mean_train_queue",
-          "policy_lag_mean", "policy_lag_p95", "cpu_percent", "peak_rss_mib", "gpu_percent",
-          "ceiling_env_steps_per_s", "ceiling_predictions_per_s", "ceiling_samples_per_s",
-          "ceiling_model_steps_per_s", "ratio_env", "ratio_predict", "ratio_train",
-          "ratio_overall", "label", "sweep", "config", "best", "measured_at"}
+FIELDS = {"throughput", "env_steps_per_s", "predictions_per_s", "mean_predict_batch",
+          "trainings_per_s", "mean_train_batch", "samples_per_s", "mean_predict_queue",
+          "mean_train_queue", "policy_lag_mean", "policy_lag_p95", "cpu_percent", "peak_rss_mib",
+          "gpu_percent", "ceiling_env_steps_per_s", "ceiling_predictions_per_s",
+          "ceiling_samples_per_s", "ceiling_model_steps_per_s", "ratio_env", "ratio_predict",
+          "ratio_train", "ratio_overall", "label", "sweep", "config", "best", "measured_at"}
 
 
-def test_throughput_smoke_writes_a_record_per_configuration(tmp_path):
+def freeze_after_the_first_decision(monkeypatch) -> None:
+    """Make `Autotuner.freeze` wait (bounded) for the tuner's first decision.
+
+    A decision takes at least three windows (before, trial, after; five if the trial wins);
+    on a loaded machine a fixed tuning time may end before it. Waiting for it instead keeps
+    the tuning time as short as it can be and still checks that decisions are made: a tuner
+    that never decides leaves `decisions` empty after the wait.
+    """
+    freeze = Autotuner.freeze
+
+    def wait_then_freeze(tuner, *args, **kwargs):
+        deadline = time.monotonic() + 60
+        while not tuner.decisions and tuner.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        freeze(tuner, *args, **kwargs)
+
+    monkeypatch.setattr(Autotuner, "freeze", wait_then_freeze)
+
+
+def warm_up_after_the_first_training(monkeypatch) -> None:
+    """Make the benchmark's warm-ups start (bounded) once the pipeline has trained.
+
+    A new model's first train step takes 0.5-2 s here under load, longer than the smoke
+    test's warm-up: its short windows would then count no training at all. A pipeline that
+    never trains still fails the test: its windows count no samples.
+    """
+    measure_window = throughput.measure_window
+
+    def wait_then_measure(stats, *args, **kwargs):
+        deadline = time.monotonic() + 60
+        while stats.samples_trained == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return measure_window(stats, *args, **kwargs)
+
+    monkeypatch.setattr(throughput, "measure_window", wait_then_measure)
+
+
+def test_throughput_smoke_writes_a_record_per_configuration(tmp_path, capsys, monkeypatch):
+    """The benchmark's `main` in this process (TensorFlow imported once for every test), with
+    the shortest windows, settling and ceilings that still measure something."""
+    warm_up_after_the_first_training(monkeypatch)
+    freeze_after_the_first_decision(monkeypatch)
     out = tmp_path / "t.json"
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/throughput.py", "--seconds=2", "--warmup=1",
-         f"--json={out}", "--sweep=num_trainers=1,2", "--autotune_seconds=7",
-         "--autotune_window_seconds=1", *TINY],
-        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code = throughput.main(
+        ["--seconds=0.5", "--warmup=0.2", f"--json={out}", "--sweep=num_trainers=1,2",
+         "--autotune_seconds=1", "--autotune_window_seconds=1", *TINY],
+        pace=throughput.Pace(settle_seconds=0.5, min_ceiling_seconds=0.5))
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr[-3000:]
     records = json.loads(out.read_text())
     assert [r["sweep"] for r in records] == [{"num_trainers": "1"}, {"num_trainers": "2"},
                                              {"autotune": "true"}]
@@ -33,8 +77,10 @@ def test_throughput_smoke_writes_a_record_per_configuration(tmp_path):
     tuned = records[2]
     assert tuned["autotuned"] and tuned["config"]["pipeline"]["autotune"]
     assert set(tuned["layout"]) == {"agents", "predictors", "trainers"}
-    assert tuned["decisions"], "7 s of tuning with 1 s windows makes a trial"
-    assert tuned["vs_best"] > 0 and "autotune reached" in proc.stdout
+    assert tuned["decisions"], "the tuner made no decision"
+    assert tuned["vs_best"] > 0 and "autotune reached" in stdout
+    first = tuned["decisions"][0]
+    assert f"{first['knob']} {first['before']} -> {first['after']}: " in stdout
     # The best swept layout, re-measured in the same service right after the tuned one.
     [best] = [r for r in records if r["best"]]
     assert tuned["compare_layout"] == best["layout"] and tuned["vs_best_side_by_side"] > 0
@@ -47,7 +93,7 @@ def test_throughput_smoke_writes_a_record_per_configuration(tmp_path):
                     "ceiling_samples_per_s", "samples_per_s"):
             assert r[key] > 0, key
         assert 0 < r["ratio_overall"] < 5
-    assert "*best*" in proc.stdout
+    assert "*best*" in stdout
 
 
 def test_throughput_bad_sweep_is_one_line():
