@@ -317,6 +317,10 @@ def print_table(rows: list[list[str]]) -> None:
         print("  ".join(x.rjust(w) for x, w in zip(r, widths)), flush=True)
 
 
+def ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
 def main(argv: list[str], pace: Pace = Pace()) -> int:
     """The benchmark; its exit code. Callable more than once in a process (a test's): it
     keeps no state between calls, and TensorFlow is set up by the first call."""
@@ -399,13 +403,14 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
     print_table(rows)
     for rec in records:
         if rec["autotuned"]:
-            rec["vs_best"] = rec["throughput"] / records[best]["throughput"]
+            # A ratio to nothing is no ratio (a window that trained nothing measures 0).
+            rec["vs_best"] = ratio(rec["throughput"], records[best]["throughput"])
             print(f"autotune reached {rec['throughput']:,.0f}/s throughput = "
                   f"{rec['vs_best']:.2f} of the best configuration ({records[best]['label']}) "
                   f"after {args.autotune_seconds:g} s of tuning")
             if "compare_throughput" in rec:
                 tuned = (rec["throughput"] + rec["tuned_throughput_again"]) / 2
-                rec["vs_best_side_by_side"] = tuned / rec["compare_throughput"]
+                rec["vs_best_side_by_side"] = ratio(tuned, rec["compare_throughput"])
                 print(f"  side by side in the same service (windows tuned, best, best, tuned): "
                       f"the tuned layout {rec['layout']} ran {tuned:,.0f}/s, the best "
                       f"one {rec['compare_layout']} {rec['compare_throughput']:,.0f}/s: "
