@@ -51,7 +51,8 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from ga3c.cli import BadInput, import_tensorflow_quietly, parse_config  # noqa: E402
+from ga3c.cli import import_tensorflow_quietly, parse_config  # noqa: E402
+from ga3c.errors import UserError  # noqa: E402
 from ga3c.config import Config  # noqa: E402
 from ga3c.fakes import FakePredict, FakeTrain  # noqa: E402
 from ga3c.returns import Transitions  # noqa: E402
@@ -286,7 +287,7 @@ def parse_sweeps(sweeps: list[str]) -> list[dict[str, str]]:
     for item in sweeps:
         name, _, values = item.partition("=")
         if not name or not values:
-            raise BadInput(f"--sweep={item!r}: expected name=v1,v2,...")
+            raise UserError(f"--sweep={item!r}: expected name=v1,v2,...")
         grid.append([(name, v) for v in values.split(",")])
     return [dict(combo) for combo in itertools.product(*grid)] if grid else [{}]
 
@@ -337,20 +338,20 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
         combos = parse_sweeps(args.sweep)
         fixed = {"env", "tf_threads"} & {k for combo in combos for k in combo}
         if fixed:
-            raise BadInput(f"--sweep over {sorted(fixed)} is not supported: they are fixed per "
+            raise UserError(f"--sweep over {sorted(fixed)} is not supported: they are fixed per "
                            "process (run the script once per value)")
         if args.autotune_seconds < 0:
-            raise BadInput(f"--autotune_seconds={args.autotune_seconds:g}: must be >= 0")
+            raise UserError(f"--autotune_seconds={args.autotune_seconds:g}: must be >= 0")
         configs = []
         if any(f.split("=")[0] in ("--autotune", "--noautotune") for f in ga3c_flags):
-            raise BadInput("use --autotune_seconds=S to measure autotune (it runs after the "
+            raise UserError("use --autotune_seconds=S to measure autotune (it runs after the "
                            "sweep and is compared with it), not --autotune")
         if args.autotune_seconds > 0:
             combos = [*combos, {"autotune": "true"}]
         for combo in combos:
             extra = [f"--{k}={v}" for k, v in combo.items()]
             configs.append((combo, parse_config([*ga3c_flags, *extra, "--resume=false"])))
-    except BadInput as exc:
+    except UserError as exc:
         print(f"throughput.py: error: {exc}", file=sys.stderr)
         return 2
     tf_threads = configs[0][1].run.tf_threads

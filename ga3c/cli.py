@@ -124,32 +124,28 @@ def define_flags(fv: flags.FlagValues) -> None:
                       "bfloat16 compute with float32 variables (for recent GPUs).", flag_values=fv)
 
 
-# Bad input from any module: shown as one line, exit code 2 (caught once, in `run_entry`).
-BadInput = UserError
-
-
 def parse_flags(define, argv: list[str], prog: str) -> flags.FlagValues:
-    """Parse argv (without the program name) into a private FlagValues; raises BadInput."""
+    """Parse argv (without the program name) into a private FlagValues; raises UserError."""
     fv = flags.FlagValues()
     define(fv)
     try:
         rest = fv([prog, *argv])
     except flags.Error as exc:
-        raise BadInput(first_line(exc)) from None
+        raise UserError(first_line(exc)) from None
     if len(rest) > 1:
-        raise BadInput(f"unexpected arguments {rest[1:]} (flags look like --name=value)")
+        raise UserError(f"unexpected arguments {rest[1:]} (flags look like --name=value)")
     return fv
 
 
 def parse_config(argv: list[str], check_env: bool = False):
-    """argv (without the program name) -> validated Config; raises BadInput listing every
+    """argv (without the program name) -> validated Config; raises UserError listing every
     problem. With `check_env`, the env is built and inspected too (its problems listed with
     the others) and `(config, env_spec)` is returned."""
     fv = parse_flags(define_flags, argv, PROG)
     try:
         hidden = tuple(int(h) for h in fv.hidden)
     except ValueError:
-        raise BadInput(f"--hidden={','.join(fv.hidden)}: must be comma-separated integers") from None
+        raise UserError(f"--hidden={','.join(fv.hidden)}: must be comma-separated integers") from None
     # Every config field has a flag of the same name (but env_id: --env), so the sections
     # are read off the flags rather than listed twice.
     special = {"env_id": fv.env, "hidden": hidden}
@@ -166,7 +162,7 @@ def parse_config(argv: list[str], check_env: bool = False):
         return config, check_config(config)
     problems = config.validate()
     if problems:
-        raise BadInput("invalid config: " + "; ".join(problems))
+        raise UserError("invalid config: " + "; ".join(problems))
     return config
 
 
@@ -181,7 +177,7 @@ def wants_help(argv: list[str]) -> bool:
 
 
 def check_writable_dir(directory: str, what: str = "logdir") -> list[str]:
-    """Create `directory` if needed and prove a file can be written there; else BadInput.
+    """Create `directory` if needed and prove a file can be written there; else UserError.
     Returns the directories it created, outermost first."""
     created = []
     parent = os.path.abspath(directory)
@@ -195,7 +191,7 @@ def check_writable_dir(directory: str, what: str = "logdir") -> list[str]:
             pass
         os.remove(probe)
     except OSError as exc:
-        raise BadInput(f"{what} {directory!r} is not writable: {exc.strerror or exc}") from None
+        raise UserError(f"{what} {directory!r} is not writable: {exc.strerror or exc}") from None
     return created
 
 
@@ -426,9 +422,9 @@ def evaluate_run(argv: list[str]) -> int:
     """ga3c-eval's body."""
     fv = parse_flags(define_eval_flags, argv, "ga3c-eval")
     if not fv.logdir:
-        raise BadInput("--logdir is required")
+        raise UserError("--logdir is required")
     if not os.path.isdir(fv.logdir):
-        raise BadInput(f"logdir {fv.logdir!r} does not exist")
+        raise UserError(f"logdir {fv.logdir!r} does not exist")
     # Outputs are checked before any episode is played.
     check_writable_dir(os.path.dirname(os.path.abspath(fv.json)) if fv.json else fv.logdir,
                        "summary folder")
@@ -462,9 +458,9 @@ def plot(argv: list[str]) -> int:
     """ga3c-plot's body."""
     fv = parse_flags(define_plot_flags, argv, "ga3c-plot")
     if not fv.logdir:
-        raise BadInput("give at least one --logdir")
+        raise UserError("give at least one --logdir")
     if fv.window < 1:
-        raise BadInput(f"--window={fv.window}: must be >= 1")
+        raise UserError(f"--window={fv.window}: must be >= 1")
     from ga3c.plot import plot_runs
 
     out = plot_runs(fv.logdir, fv.out, fv.window, fv.title)
