@@ -161,34 +161,34 @@ def test_atari_backends_make_the_same_transitions_as_the_reference(backend, batc
 @pytest.fixture(scope="module")
 def pong_run(tmp_path_factory):
     """configs/pong.cfg as shipped, through `ga3c-train`'s entry function (the test run's one
-    Pong run through the CLI), for 1,000 agent steps; games capped at 600 frames (150 agent
+    Pong run through the CLI), for 480 agent steps (6 segments of 80); games capped at 600 frames (150 agent
     steps) so that the evaluation below plays whole ones quickly. (logdir, CliRun)"""
     logdir = tmp_path_factory.mktemp("pong") / "run"
     proc = train_cli(f"--flagfile={REPO}/configs/pong.cfg", f"--logdir={logdir}",
-                     "--max_env_steps=1000", "--max_episode_frames=600", "--log_every_seconds=1")
+                     "--max_env_steps=480", "--max_episode_frames=600", "--log_every_seconds=1")
     return logdir, proc
 
 
 def test_pong_cfg_trains_through_the_cli(pong_run):
     logdir, proc = pong_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "stopped (reached --max_env_steps=1,000)" in proc.stdout
+    assert "stopped (reached --max_env_steps=480)" in proc.stdout
     steps, _, updates = checkpoint_counters(logdir)
-    assert steps >= 1000 and updates >= 1  # the model trained, not only the envs stepped
+    assert steps >= 480 and updates >= 1  # the model trained, not only the envs stepped
     assert all_finite(tf_latest_checkpoint(logdir))
 
 
-@pytest.mark.parametrize("extra", [["--env_backend=threads"], ["--ale_batch_size=4"]])
+@pytest.mark.parametrize("extra", [["--env_backend=threads"], ["--ale_batch_size=2"]])
 def test_breakout_cfg_trains_on_the_other_backends(tmp_path, extra):
     """configs/breakout.cfg on gymnasium envs in threads, and on ale-py's async batches (one
-    agent of 8 envs here: the backend is what is tested, not the layout)."""
+    agent of 4 envs here: the backend is what is tested, not the layout)."""
     logdir = tmp_path / "run"
     proc = train_cli(f"--flagfile={REPO}/configs/breakout.cfg", f"--logdir={logdir}",
-                     "--num_agents=1", "--envs_per_agent=8", "--min_train_batch=40",
-                     "--max_env_steps=400", *extra)
+                     "--num_agents=1", "--envs_per_agent=4", "--min_train_batch=20",
+                     "--max_env_steps=200", *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps, _, updates = checkpoint_counters(logdir)
-    assert steps >= 400 and updates >= 1
+    assert steps >= 200 and updates >= 1
 
 
 def test_eval_plays_a_trained_pong_run_on_its_backend_and_a_video_of_the_real_screen(

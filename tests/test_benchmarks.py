@@ -66,7 +66,7 @@ def test_throughput_smoke_writes_a_record_per_configuration(tmp_path, capsys, mo
     out = tmp_path / "t.json"
     code = throughput.main(
         ["--seconds=0.5", "--warmup=0.2", f"--json={out}", "--sweep=num_trainers=1,2",
-         "--autotune_seconds=1", "--autotune_window_seconds=1", *TINY],
+         "--autotune_seconds=0.5", "--autotune_window_seconds=1", *TINY],
         pace=throughput.Pace(settle_seconds=0.5, min_ceiling_seconds=0.5))
     stdout, stderr = capsys.readouterr()
     assert code == 0, stderr[-3000:]
