@@ -55,16 +55,17 @@ PredictFn = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 
 
 class PredictorGroup(WorkerPool):
-    """Owns the prediction queue and the predictor threads that drain it."""
+    """Owns the prediction queue and the predictor threads that drain it; the threads use
+    its public `predict_fn`, `version_fn` and `stats`."""
 
     name = "predictor"
 
     def __init__(self, predict_fn: PredictFn, version_fn: Callable[[], int], stats,
                  max_batch: int, queue_size: int, stop: threading.Event, failure: Failure) -> None:
         super().__init__(queue_size, stop, failure)
-        self._predict_fn = predict_fn
-        self._version_fn = version_fn
-        self._stats = stats
+        self.predict_fn = predict_fn
+        self.version_fn = version_fn
+        self.stats = stats
         self.max_batch = max_batch
 
     def predict(self, states: np.ndarray, slot: ReplySlot, worker: Worker) -> Reply | None:
@@ -108,18 +109,18 @@ class Predictor(PoolWorker):
             batch = self._next_batch()
             if not batch:
                 continue
-            version = group._version_fn()
+            version = group.version_fn()
             if len(batch) == 1:
                 states = batch[0].states
             else:
                 states = np.concatenate([r.states for r in batch])
-            logits, values = group._predict_fn(states)
+            logits, values = group.predict_fn(states)
             offset = 0
             for req in batch:
                 n = len(req.states)
                 req.slot.deliver(Reply(logits[offset:offset + n], values[offset:offset + n], version))
                 offset += n
-            group._stats.add_predictions(len(states))
+            group.stats.add_predictions(len(states))
         if self._carry is not None:  # retired with a request in hand: hand it back
             put_until_stopped(group.queue, self._carry, self)
 

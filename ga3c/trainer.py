@@ -18,7 +18,8 @@ from ga3c.threads import POLL_SECONDS, Failure, PoolWorker, WorkerPool, put_unti
 
 
 class TrainerGroup(WorkerPool):
-    """Owns the training queue and the optimizer threads that drain it."""
+    """Owns the training queue and the optimizer threads that drain it; the threads use its
+    public `train_fn`, `version_fn` and `stats`."""
 
     name = "trainer"
 
@@ -26,9 +27,9 @@ class TrainerGroup(WorkerPool):
                  stats, min_batch: int, queue_size: int, stop: threading.Event,
                  failure: Failure) -> None:
         super().__init__(queue_size, stop, failure)
-        self._train_fn = train_fn
-        self._version_fn = version_fn
-        self._stats = stats
+        self.train_fn = train_fn
+        self.version_fn = version_fn
+        self.stats = stats
         self.min_batch = min_batch
 
 
@@ -56,10 +57,10 @@ class Trainer(PoolWorker):
                         put_until_stopped(group.queue, part, self)
                 break
             batch = Transitions.concatenate(parts)
-            lags = group._version_fn() - batch.versions
-            metrics = group._train_fn(batch)
+            lags = group.version_fn() - batch.versions
+            metrics = group.train_fn(batch)
             losses = metrics._asdict() if hasattr(metrics, "_asdict") else {}
-            group._stats.add_training(len(batch), lags, losses)
+            group.stats.add_training(len(batch), lags, losses)
 
 
 TrainerGroup.worker_class = Trainer
