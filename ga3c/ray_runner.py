@@ -263,9 +263,10 @@ class RemoteRunner(Worker):
         does not answer within `seconds`."""
         deadline = time.monotonic() + seconds
         while not self.stop_event.is_set():
-            ready, _ = ray.wait([ref], timeout=POLL_SECONDS)
-            if ready:
-                return ray.get(ref, timeout=seconds)
+            try:  # (one call, not ray.wait then ray.get: this is once per group step)
+                return ray.get(ref, timeout=POLL_SECONDS)
+            except ray.exceptions.GetTimeoutError:
+                pass
             if time.monotonic() > deadline:
                 raise RunError(f"{self.name}: its Ray actor did not answer within {seconds:g} s "
                                "(not enough free CPUs in the cluster for the runners, or a "
