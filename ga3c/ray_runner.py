@@ -213,17 +213,19 @@ class RemoteRunner(Worker):
         # Group g's call in flight, oldest first; the actor answers them in this order.
         pending = collections.deque(self._resets(0))
         seconds = START_SECONDS
+        recovering_until = None  # after an actor's death: until its groups are reset again
         while True:
             group, ref = pending.popleft()
             try:
                 result = self._get(ray, ref, seconds)
             except ray.exceptions.RayActorError as exc:
-                pending = collections.deque(self._after_death(exc))
+                recovering_until = self._after_actor_error(ray, exc, recovering_until)
+                pending = collections.deque(self._resets(self.deaths))
                 seconds = START_SECONDS
                 continue
             if result is None:
                 return
-            seconds = CALL_SECONDS
+            seconds, recovering_until = CALL_SECONDS, None
             if isinstance(result, StepResult):
                 obs = result.obs
                 self._stats.add_env_steps(result.steps, result.returns, result.lengths)
@@ -249,14 +251,26 @@ class RemoteRunner(Worker):
         return [(g, self.actor.reset.remote(g, (s + shift) % 2**31))
                 for g, s in enumerate(self._seeds)]
 
-    def _after_death(self, exc: BaseException) -> list:
-        self.deaths += 1
-        if self.deaths > self.max_restarts:
-            raise RunError(f"{self.name}: its Ray actor died {self.deaths} times, the last: "
+    def _after_actor_error(self, ray, exc: BaseException, recovering_until: float | None
+                           ) -> float:
+        """A call failed because the actor died or is restarting. The first error of a death
+        counts it (RunError past max_restarts); the calls that fail while Ray restarts the
+        actor are sent again, for at most START_SECONDS. Returns the time recovery gives up
+        at."""
+        now = time.monotonic()
+        if recovering_until is None:
+            self.deaths += 1
+            if self.deaths > self.max_restarts:
+                raise RunError(f"{self.name}: its Ray actor died {self.deaths} times, the "
+                               f"last: {first_line(exc)}")
+            log(f"{self.name}: its Ray actor died ({first_line(exc)}); Ray restarts it "
+                f"({self.deaths} of at most {self.max_restarts})")
+            return now + START_SECONDS
+        if isinstance(exc, ray.exceptions.ActorDiedError) or now > recovering_until:
+            raise RunError(f"{self.name}: its Ray actor did not come back after dying: "
                            f"{first_line(exc)}")
-        log(f"{self.name}: its Ray actor died ({first_line(exc)}); Ray restarts it "
-            f"({self.deaths} of at most {self.max_restarts})")
-        return self._resets(self.deaths)
+        self.stop_event.wait(POLL_SECONDS)  # restarting: ask again shortly
+        return recovering_until
 
     def _get(self, ray, ref, seconds: float):
         """The call's result, or None if the service stopped first; RunError if the actor
