@@ -11,6 +11,7 @@ TensorFlow is imported on first use, not by `import ga3c`.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from ga3c.config import Config
@@ -34,10 +35,18 @@ def train(config: Config, stop=None, *, env_spec=None, hand_over=None):
         check_writable_dir(config.run.logdir)
     if "tensorflow" not in sys.modules:  # ga3c-train imported it already, configured
         import_tensorflow_quietly(config.run.tf_threads)
-    service = build_service(config, env_spec, stop)
-    if hand_over is not None:
-        hand_over(service)
-    return service.run()
+    p = config.pipeline
+    if p.runner == "ray":  # connected (a bad address refused) before the model is built
+        from ga3c.ray_runner import ray_session
+
+        session = ray_session(p.ray_address, p.num_runners)
+    else:
+        session = contextlib.nullcontext()
+    with session:  # a Ray this run started is shut down when it ends
+        service = build_service(config, env_spec, stop)
+        if hand_over is not None:
+            hand_over(service)
+        return service.run()
 
 
 def load_policy(logdir: str, checkpoint: str | None = None, seed: int = 0):

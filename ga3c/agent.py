@@ -14,13 +14,13 @@ One agent's loop::
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from ga3c.envs import LockStepEnvs
 from ga3c.predictor import PredictorGroup, ReplySlot
-from ga3c.returns import EpisodeTracker, NStepBuilder
+from ga3c.returns import EpisodeTracker, NStepBuilder, Transitions
 from ga3c.threads import Failure, Worker, put_until_stopped
 
 
@@ -52,6 +52,90 @@ class LifeCounter:
         return lost
 
 
+class StepResult(NamedTuple):
+    """What one step of an `EnvStepper` produced."""
+
+    obs: np.ndarray  # the observations now waiting for actions
+    segment: Transitions | None  # the n-step transitions of the envs whose segment filled
+    steps: int  # env steps that count (transitions: not the autoreset steps)
+    returns: np.ndarray  # of the episodes that ended at this step
+    lengths: np.ndarray
+
+
+class EnvStepper:
+    """One vector of envs and its n-step bookkeeping, stepped from outside.
+
+    `reset(seed)` returns the first observations; `step(actions, version)` applies one action
+    per waiting env and returns the next observations with what the step produced (full
+    segments, finished episodes). An agent thread drives one with its own predictions; a Ray
+    runner (`ga3c.ray_runner`) drives several in another process with actions chosen by the
+    learner: one implementation of the bookkeeping for both, so their transitions agree.
+    """
+
+    def __init__(self, envs, n_step: int, gamma: float, clip_rewards: bool = False,
+                 episodic_life: bool = False) -> None:
+        self.envs = envs if isinstance(envs, LockStepEnvs) else LockStepEnvs(envs)
+        space = self.envs.single_observation_space
+        E = self.num_envs = self.envs.num_envs
+        self._builder = NStepBuilder(
+            E, n_step, gamma, space.shape,
+            np.float32 if np.issubdtype(space.dtype, np.floating) else space.dtype)
+        self._tracker = EpisodeTracker(E)
+        self._lives = LifeCounter(E) if episodic_life else None
+        self._clip_rewards = clip_rewards
+        self._started = np.zeros(E, dtype=bool)  # has the env's first (reset) obs arrived?
+        self._actions = np.zeros(E, dtype=np.int64)  # last action sent to each env ...
+        self._versions = np.zeros(E, dtype=np.int64)  # ... and the model version that chose it
+        self._ids = np.arange(E)  # the envs whose observations wait for actions
+
+    def reset(self, seed: int) -> np.ndarray:
+        self._ids, obs, info = self.envs.reset(seed)
+        self._begin(obs, info)
+        return obs
+
+    def _begin(self, obs: np.ndarray, info: dict) -> None:
+        """First observations (after reset, or an async env's first showing): no step to
+        record, the envs' segments start there."""
+        ids = self._ids
+        fresh = ~self._started[ids]
+        if fresh.any():
+            self._builder.reset(obs[fresh], ids[fresh])
+            if self._lives is not None:
+                self._lives.reset(ids[fresh], {"lives": np.asarray(info["lives"])[fresh]})
+            self._started[ids[fresh]] = True
+
+    def step(self, actions: np.ndarray, version: int) -> StepResult:
+        """Act on the waiting envs (one action each, in the order of the last observations)."""
+        builder, started = self._builder, self._started
+        self._actions[self._ids] = actions
+        self._versions[self._ids] = version
+        self.envs.send(self._actions[self._ids])
+        ids, obs, rewards, terminated, truncated, info = self.envs.recv()
+        self._ids = ids
+        stepped = started[ids]  # the others are first showings (see _begin)
+        rows = slice(None) if stepped.all() else stepped
+        train_rewards = rewards[rows]
+        if self._clip_rewards:  # training sees clipped rewards; the scores stay the game's
+            train_rewards = np.clip(train_rewards, -1.0, 1.0)
+        life_lost = (None if self._lives is None else
+                     self._lives.lost(ids[rows], {"lives": np.asarray(info["lives"])[rows]}))
+        valid = builder.add(self._actions[ids[rows]], train_rewards, terminated[rows],
+                            truncated[rows], obs[rows], self._versions[ids[rows]], life_lost,
+                            ids[rows])
+        returns, lengths = self._tracker.add(rewards[rows], terminated[rows], truncated[rows],
+                                             valid, ids[rows])
+        segment = builder.flush(builder.full_envs()) if builder.full else None
+        self._begin(obs, info)
+        return StepResult(obs, segment, int(np.count_nonzero(valid)), returns, lengths)
+
+    def flush(self) -> Transitions | None:
+        """Every env's partial segment (a retiring agent's last transitions); None if none."""
+        return self._builder.flush() if self._builder.pending else None
+
+    def close(self) -> None:
+        self.envs.close()
+
+
 class Agent(Worker):
     def __init__(self, index: int, make_envs: Callable[[], LockStepEnvs], seed: int,
                  n_step: int, gamma: float, predictors: PredictorGroup, training_queue,
@@ -71,57 +155,26 @@ class Agent(Worker):
 
     def work(self) -> None:
         envs = self._make_envs()
-        if not isinstance(envs, LockStepEnvs):
-            envs = LockStepEnvs(envs)
         try:
-            self._loop(envs)
+            self._loop(EnvStepper(envs, self._n_step, self._gamma, self._clip_rewards,
+                                  self._episodic_life))
         finally:
             envs.close()
 
-    def _loop(self, envs: LockStepEnvs) -> None:
-        space = envs.single_observation_space
-        E = envs.num_envs
-        builder = NStepBuilder(E, self._n_step, self._gamma, space.shape,
-                               np.float32 if np.issubdtype(space.dtype, np.floating) else space.dtype)
-        tracker = EpisodeTracker(E)
-        lives = LifeCounter(E) if self._episodic_life else None
-        started = np.zeros(E, dtype=bool)  # has the env's first (reset) observation arrived?
-        actions = np.zeros(E, dtype=np.int64)  # last action sent to each env ...
-        versions = np.zeros(E, dtype=np.int64)  # ... and the model version that chose it
+    def _loop(self, stepper: EnvStepper) -> None:
         slot = ReplySlot()
-        ids, obs, info = envs.reset(self._seed)
-        while True:
-            fresh = ~started[ids]
-            if fresh.any():  # first observations: no step to record
-                builder.reset(obs[fresh], ids[fresh])
-                if lives is not None:
-                    lives.reset(ids[fresh], {"lives": np.asarray(info["lives"])[fresh]})
-                started[ids[fresh]] = True
-            if self.stopping:
-                break
+        obs = stepper.reset(self._seed)
+        while not self.stopping:
             reply = self._predictors.predict(obs, slot, self)
             if reply is None:
                 return
-            actions[ids] = sample_actions(reply.logits, self.rng)
-            versions[ids] = reply.version
-            envs.send(actions[ids])
-            ids, obs, rewards, terminated, truncated, info = envs.recv()
-            stepped = started[ids]  # the others are first showings (reset at the loop's top)
-            rows = slice(None) if stepped.all() else stepped
-            train_rewards = rewards[rows]
-            if self._clip_rewards:  # training sees clipped rewards; the scores stay the game's
-                train_rewards = np.clip(train_rewards, -1.0, 1.0)
-            life_lost = (None if lives is None else
-                         lives.lost(ids[rows], {"lives": np.asarray(info["lives"])[rows]}))
-            valid = builder.add(actions[ids[rows]], train_rewards, terminated[rows],
-                                truncated[rows], obs[rows], versions[ids[rows]], life_lost,
-                                ids[rows])
-            returns, lengths = tracker.add(rewards[rows], terminated[rows], truncated[rows],
-                                           valid, ids[rows])
-            self._stats.add_env_steps(int(np.count_nonzero(valid)), returns, lengths)
-            if builder.full and not put_until_stopped(
-                    self._training_queue, builder.flush(builder.full_envs()), self):
+            result = stepper.step(sample_actions(reply.logits, self.rng), reply.version)
+            obs = result.obs
+            self._stats.add_env_steps(result.steps, result.returns, result.lengths)
+            if result.segment is not None and not put_until_stopped(
+                    self._training_queue, result.segment, self):
                 return
-        if not self.stop_event.is_set() and builder.pending:
+        partial = stepper.flush()
+        if not self.stop_event.is_set() and partial is not None:
             # Retired while the service runs on: its partial segment still reaches training.
-            put_until_stopped(self._training_queue, builder.flush(), self)
+            put_until_stopped(self._training_queue, partial, self)

@@ -22,7 +22,7 @@ import sys
 
 from absl import flags
 
-from ga3c.config import ENV_BACKENDS, LR_SCHEDULES, Config
+from ga3c.config import ENV_BACKENDS, LR_SCHEDULES, RUNNERS, Config
 from ga3c.errors import UserError, first_line
 
 PROG = "ga3c-train"
@@ -34,7 +34,8 @@ def define_flags(fv: flags.FlagValues) -> None:
     e, n, a, p, r = d.env, d.network, d.algo, d.pipeline, d.run
     flags.DEFINE_string("env", e.env_id, "Gymnasium env id (discrete actions).", flag_values=fv)
     flags.DEFINE_integer("envs_per_agent", e.envs_per_agent,
-                         "Envs stepped together by each environment thread.", flag_values=fv)
+                         "Envs stepped together by each environment thread (each Ray runner "
+                         "with --runner=ray).", flag_values=fv)
     flags.DEFINE_float("repeat_action_probability", e.repeat_action_probability,
                        "Atari sticky-action probability.", flag_values=fv)
     flags.DEFINE_bool("clip_rewards", e.clip_rewards, "Clip training rewards to [-1, 1] "
@@ -100,6 +101,15 @@ def define_flags(fv: flags.FlagValues) -> None:
                          flag_values=fv)
     flags.DEFINE_integer("max_trainers", p.max_trainers, "Autotune: most trainers.",
                          flag_values=fv)
+    flags.DEFINE_enum("runner", p.runner, RUNNERS,
+                      "Where the envs run: agent threads in this process, or Ray actors on "
+                      "any node of a Ray cluster (needs the [ray] extra).", flag_values=fv)
+    flags.DEFINE_integer("num_runners", p.num_runners,
+                         "--runner=ray: Ray env runners (each steps --envs_per_agent envs).",
+                         flag_values=fv)
+    flags.DEFINE_string("ray_address", p.ray_address,
+                        "--runner=ray: a running cluster's address (auto, host:port, "
+                        "ray://host:port); empty: a local Ray for this run.", flag_values=fv)
     flags.DEFINE_string("logdir", r.logdir, "Run directory: checkpoints, logs, TensorBoard.",
                         flag_values=fv)
     flags.DEFINE_integer("seed", r.seed, "Random seed.", flag_values=fv)
@@ -332,6 +342,10 @@ def train(argv: list[str]) -> int:
     """ga3c-train's body: flags to config, checks, then the service."""
     signals = _signals or StopSignals().install()  # in-process callers: handlers from here
     config, env_spec = parse_config(argv, check_env=True)
+    if config.pipeline.runner == "ray":
+        from ga3c.ray_runner import require_ray
+
+        require_ray()  # before TensorFlow's import: a missing package is told at once
     with signals.deferred():
         signals.created_dirs = check_writable_dir(config.run.logdir)
     print(describe(config), flush=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 ENV_BACKENDS = ("auto", "threads", "ale_vector")
 LR_SCHEDULES = ("constant", "linear")
+RUNNERS = ("threads", "ray")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +110,14 @@ class PipelineConfig:
     max_agents: int = 16
     max_predictors: int = 4
     max_trainers: int = 4
+    # Where the envs run. "threads": `num_agents` agent threads in this process. "ray":
+    # `num_runners` Ray actors (ga3c.ray_runner), on any node of a Ray cluster, each stepping
+    # `envs_per_agent` envs; prediction and training stay batched in this process.
+    runner: str = "threads"
+    num_runners: int = 2
+    # --runner=ray: "" starts a local Ray for the run (and shuts it down at its end); else the
+    # address of a running cluster ("auto", host:port or ray://host:port).
+    ray_address: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +189,10 @@ class Config:
         check(p.num_agents >= 1, "num_agents", p.num_agents, ">= 1")
         check(p.num_predictors >= 1, "num_predictors", p.num_predictors, ">= 1")
         check(p.num_trainers >= 1, "num_trainers", p.num_trainers, ">= 1")
+        check(p.runner in RUNNERS, "runner", p.runner, " or ".join(repr(x) for x in RUNNERS))
+        check(p.num_runners >= 1, "num_runners", p.num_runners, ">= 1")
+        check(not (p.runner == "ray" and p.autotune), "autotune", p.autotune,
+              "false with --runner=ray (autotuning Ray runners is not supported yet)")
         for knob in ("agents", "predictors", "trainers") if p.autotune else ():
             start, top = getattr(p, f"num_{knob}"), getattr(p, f"max_{knob}")
             check(top >= start, f"max_{knob}", top, f">= num_{knob}={start} (with --autotune)")

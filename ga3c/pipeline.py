@@ -1,11 +1,14 @@
 """Agents, predictors and trainers wired around two queues: the thread layout of a run.
 
 No TensorFlow here: the model comes in as plain functions, so the same layout runs with a
-model that costs nothing (the throughput benchmark's env-only ceiling, tests).
+model that costs nothing (the throughput benchmark's env-only ceiling, tests). No Ray either:
+with `--runner=ray` the agents are `ga3c.ray_runner.RemoteRunner` threads, each driving a Ray
+actor that steps the envs, imported only then (a Ray session must be up: `ray_session`).
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 
@@ -14,7 +17,7 @@ from ga3c.config import Config
 from ga3c.envs import make_agent_envs
 from ga3c.predictor import PredictorGroup
 from ga3c.stats import Stats
-from ga3c.threads import Failure
+from ga3c.threads import Failure, Worker
 from ga3c.trainer import TrainerGroup
 
 JOIN_SECONDS = 10.0
@@ -38,13 +41,22 @@ class Pipeline:
                                      p.training_queue_size, stop, failure)
         self._stats, self._stop, self._failure, self._seed = stats, stop, failure, seed
         self._agents_made = 0
-        self.agents: list[Agent] = []
+        self.agents: list[Worker] = []
 
-    def _new_agent(self) -> Agent:
-        """Agent i steps envs seeded seed + i * envs_per_agent ... (distinct across agents)."""
+    def _new_agent(self) -> Worker:
+        """Agent (or Ray runner) i steps envs seeded seed + i * envs_per_agent ... (distinct
+        across agents)."""
         config, env, i = self.config, self.config.env, self._agents_made
         self._agents_made += 1
         per_agent = env.envs_per_agent
+        if config.pipeline.runner == "ray":
+            from ga3c.ray_runner import RemoteRunner
+
+            return RemoteRunner(i, functools.partial(make_agent_envs, env.env_id, env=env),
+                                per_agent, self._seed + i * per_agent, config.algo.n_step,
+                                config.algo.gamma, self.predictors, self.trainers.queue,
+                                self._stats, self._stop, self._failure,
+                                clip_rewards=env.clip_rewards, episodic_life=env.episodic_life)
         return Agent(i, lambda: make_agent_envs(env.env_id, per_agent, env),
                      self._seed + i * per_agent, config.algo.n_step, config.algo.gamma,
                      self.predictors, self.trainers.queue, self._stats, self._stop,
@@ -56,7 +68,7 @@ class Pipeline:
         p = self.config.pipeline
         self.predictors.start(p.num_predictors)
         self.trainers.start(p.num_trainers)
-        for _ in range(p.num_agents):
+        for _ in range(p.num_runners if p.runner == "ray" else p.num_agents):
             self.add_agent()
 
     def add_agent(self) -> None:

@@ -160,7 +160,8 @@ class Service:
         self._writer = tf.summary.create_file_writer(run_dir.tensorboard)
         self._started = True
         p = cfg.pipeline
-        log(f"training {cfg.env.env_id} with {p.num_agents} agents x {cfg.env.envs_per_agent} "
+        envs = (f"{p.num_runners} Ray runners" if p.runner == "ray" else f"{p.num_agents} agents")
+        log(f"training {cfg.env.env_id} with {envs} x {cfg.env.envs_per_agent} "
             f"envs, {p.num_predictors} predictor(s), {p.num_trainers} trainer(s); "
             f"logdir {run_dir.path}")
         self.stats.restart_clock()  # rates and this process's seconds count from now

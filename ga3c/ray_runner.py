@@ -1,0 +1,304 @@
+"""Environment runners in Ray actors (`--runner=ray`): envs on any node of a Ray cluster
+feeding the central predictor and trainers of this process.
+
+Inference stays central and batched here; only the env stepping moves out. A runner is a Ray
+actor (`EnvRunner`) that owns `envs_per_agent` envs, split into `GROUPS` vector envs, and
+their n-step bookkeeping (`ga3c.agent.EnvStepper`, the agents' own code): for one group at a
+time it receives actions, steps the envs and returns their next observations with the
+transitions whose segments filled and the episodes that ended. Only observations (uint8
+frames for Atari), transitions and bootstrap states travel, never weights.
+
+On the learner side each runner is driven by a `RemoteRunner` thread, to the pipeline one more
+kind of agent: it passes a group's observations to the predictor group exactly as an `Agent`
+does, samples the actions like an agent and sends them back, and puts the transitions on the
+training queue and the episodes into `Stats`. The round trip is hidden by keeping every group
+in flight: while the actor steps group 0 (a sync actor runs its calls in order), the thread
+has group 1's observations predicted, so env stepping overlaps inference and transfer.
+
+Ray is imported here only inside functions: `import ga3c.ray_runner` works without it, and
+the core install and `--runner=threads` never need it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ga3c.agent import EnvStepper, StepResult, sample_actions
+from ga3c.errors import RunError, UserError, first_line
+from ga3c.predictor import PredictorGroup, ReplySlot
+from ga3c.returns import Transitions
+from ga3c.threads import POLL_SECONDS, Failure, Worker, put_until_stopped
+
+GROUPS = 2  # env groups per runner kept in flight (fewer if a runner has fewer envs)
+START_SECONDS = 300.0  # a new actor's first reply: process start, imports, env creation
+CALL_SECONDS = 60.0  # any later reply (one vector step of one group)
+MAX_RESTARTS = 3  # Ray restarts a runner actor that died this many times, then the run fails
+ACTOR_CPUS = 1  # CPUs a runner reserves in Ray's scheduler (spreads runners over nodes)
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+def require_ray():
+    """The `ray` module, or UserError naming the extra that installs it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise UserError(f"--runner=ray needs the 'ray' package ({first_line(exc)}): "
+                        "pip install -e '.[ray]' (or pip install 'ray>=2.9')") from None
+    return ray
+
+
+def group_sizes(num_envs: int, groups: int = GROUPS) -> list[int]:
+    """`num_envs` split into at most `groups` near-equal groups (none empty)."""
+    g = max(1, min(groups, num_envs))
+    return [num_envs // g + (i < num_envs % g) for i in range(g)]
+
+
+def _check_reachable(address: str, seconds: float = 3.0) -> None:
+    """A `host:port` address must accept a TCP connection: Ray's own client retries an
+    unreachable GCS for a long time and prints C++ warnings meanwhile, instead of failing."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserError(f"--ray_address={address!r}: must be host:port, 'auto' (a cluster "
+                        "started on this machine) or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as exc:
+        raise UserError(f"--ray_address={address!r}: cannot reach a Ray cluster there "
+                        f"({exc.strerror or first_line(exc)})") from None
+
+
+@contextlib.contextmanager
+def ray_session(address: str, num_runners: int):
+    """Ray connected for the run: `address` "" starts a local Ray (shut down at the end, so no
+    raylet, GCS or worker process of it outlives the run); otherwise connects to a running
+    cluster ("auto", host:port, ray://...) and disconnects at the end. A Ray already
+    initialised in this process (a notebook's) is used as it is and left running.
+
+    ray.init sets its own SIGTERM handler in the main thread; ga3c's (see `ga3c.cli`) is put
+    back at once, and a SIGTERM during the init itself is passed on to it after Ray is down.
+    """
+    ray = require_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    if address and address != "auto" and "://" not in address:
+        _check_reachable(address)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    in_main = threading.current_thread() is threading.main_thread()
+    kwargs = dict(include_dashboard=False, logging_level="WARNING", configure_logging=True)
+    if address:
+        kwargs["address"] = address
+    else:
+        # "local": a new instance even if RAY_ADDRESS names a cluster. Each runner reserves
+        # ACTOR_CPUS, so a small machine still fits all of them (oversubscribed, as threads).
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        kwargs.update(address="local", num_cpus=max(os.cpu_count() or 1, num_runners),
+                      runtime_env={"env_vars": {"PYTHONPATH": path}})
+    try:
+        ray.init(**kwargs)
+    except SystemExit as exc:  # Ray's SIGTERM handler fired during the init
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        handler = saved[signal.SIGTERM]
+        if in_main and callable(handler):
+            handler(signal.SIGTERM, None)
+        raise exc
+    except Exception as exc:  # noqa: BLE001 - ConnectionError, ValueError, RuntimeError...
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        where = f"--ray_address={address!r}" if address else "a local Ray"
+        raise UserError(f"{where}: cannot start or connect to Ray: {first_line(exc)}") from None
+    finally:
+        if in_main:
+            for s, handler in saved.items():
+                if handler is not None:
+                    signal.signal(s, handler)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+class EnvRunner:
+    """What a runner actor holds (plain Python: `ray.remote` wraps it in `RemoteRunner`, and
+    tests drive it directly). `make_envs[g]()` builds group g's envs in the actor's process."""
+
+    def __init__(self, make_envs: Sequence[Callable], n_step: int, gamma: float,
+                 clip_rewards: bool = False, episodic_life: bool = False) -> None:
+        self.groups: list[EnvStepper] = []
+        try:
+            for make in make_envs:
+                self.groups.append(EnvStepper(make(), n_step, gamma, clip_rewards,
+                                              episodic_life))
+        except BaseException:
+            self.close()
+            raise
+
+    def reset(self, group: int, seed: int) -> np.ndarray:
+        return self.groups[group].reset(seed)
+
+    def step(self, group: int, actions: np.ndarray, version: int) -> StepResult:
+        return self.groups[group].step(actions, version)
+
+    def flush(self) -> list[Transitions]:
+        """Every group's partial segments (a retiring runner's last transitions)."""
+        return [t for t in (g.flush() for g in self.groups) if t is not None]
+
+    def close(self) -> None:
+        for g in self.groups:
+            with contextlib.suppress(Exception):
+                g.close()
+
+
+class RemoteRunner(Worker):
+    """A learner-side thread that drives one `EnvRunner` actor (see the module docstring).
+
+    `make_envs` builds one group's envs from its size (it is pickled to the actor's node).
+    Group g of runner `index` is seeded `seed + (envs before it)`, so a runner's envs get the
+    seeds an agent with the same envs would give them. An actor that dies (its process or
+    node lost) is counted, logged and restarted by Ray up to MAX_RESTARTS times; its groups
+    start new episodes with fresh seeds and the transitions it held are lost. Any other
+    exception (an env's, in the actor) fails the run like an agent's.
+    """
+
+    def __init__(self, index: int, make_envs: Callable[[int], object], num_envs: int,
+                 seed: int, n_step: int, gamma: float, predictors: PredictorGroup,
+                 training_queue, stats, stop: threading.Event, failure: Failure,
+                 clip_rewards: bool = False, episodic_life: bool = False,
+                 max_restarts: int = MAX_RESTARTS) -> None:
+        super().__init__(f"runner-{index}", stop, failure)
+        sizes = group_sizes(num_envs)
+        self._makers = [functools.partial(make_envs, n) for n in sizes]
+        self._seeds = [seed + int(o) for o in np.cumsum([0, *sizes[:-1]])]
+        self._n_step, self._gamma = n_step, gamma
+        self._clip_rewards, self._episodic_life = clip_rewards, episodic_life
+        self._predictors = predictors
+        self._training_queue = training_queue
+        self._stats = stats
+        self.max_restarts = max_restarts
+        self.deaths = 0  # actor deaths seen (each one restarted by Ray, up to max_restarts)
+        self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+        self.actor = None
+
+    def work(self) -> None:
+        import ray
+
+        remote = ray.remote(num_cpus=ACTOR_CPUS, max_restarts=self.max_restarts)(EnvRunner)
+        self.actor = remote.remote(self._makers, self._n_step, self._gamma,
+                                   self._clip_rewards, self._episodic_life)
+        try:
+            self._loop(ray)
+        finally:
+            with contextlib.suppress(Exception):
+                ray.get(self.actor.close.remote(), timeout=2.0)
+            with contextlib.suppress(Exception):
+                ray.kill(self.actor, no_restart=True)
+
+    def _loop(self, ray) -> None:
+        slot = ReplySlot()
+        # Group g's call in flight, oldest first; the actor answers them in this order.
+        pending = collections.deque(self._resets(0))
+        seconds = START_SECONDS
+        recovering_until = None  # after an actor's death: until its groups are reset again
+        while True:
+            group, ref = pending.popleft()
+            try:
+                result = self._get(ray, ref, seconds)
+            except ray.exceptions.RayActorError as exc:
+                recovering_until = self._after_actor_error(ray, exc, recovering_until)
+                pending = collections.deque(self._resets(self.deaths))
+                seconds = START_SECONDS
+                continue
+            if result is None:
+                return
+            seconds, recovering_until = CALL_SECONDS, None
+            if isinstance(result, StepResult):
+                obs = result.obs
+                self._stats.add_env_steps(result.steps, result.returns, result.lengths)
+                if result.segment is not None and not put_until_stopped(
+                        self._training_queue, result.segment, self):
+                    return
+            else:  # a reset's first observations
+                obs = result
+            if self.stopping:
+                break
+            reply = self._predictors.predict(obs, slot, self)
+            if reply is None:
+                return
+            actions = sample_actions(reply.logits, self.rng)
+            pending.append((group, self.actor.step.remote(group, actions, reply.version)))
+        if not self.stop_event.is_set():
+            self._retire(ray, pending)
+
+    def _resets(self, round_: int) -> list:
+        """Reset calls for every group; after a restart (`round_` > 0) with new seeds, so the
+        restarted envs do not replay the episodes they played before."""
+        shift = round_ * 1_000_003
+        return [(g, self.actor.reset.remote(g, (s + shift) % 2**31))
+                for g, s in enumerate(self._seeds)]
+
+    def _after_actor_error(self, ray, exc: BaseException, recovering_until: float | None
+                           ) -> float:
+        """A call failed because the actor died or is restarting. The first error of a death
+        counts it (RunError past max_restarts); the calls that fail while Ray restarts the
+        actor are sent again, for at most START_SECONDS. Returns the time recovery gives up
+        at."""
+        now = time.monotonic()
+        if recovering_until is None:
+            self.deaths += 1
+            if self.deaths > self.max_restarts:
+                raise RunError(f"{self.name}: its Ray actor died {self.deaths} times, the "
+                               f"last: {first_line(exc)}")
+            log(f"{self.name}: its Ray actor died ({first_line(exc)}); Ray restarts it "
+                f"({self.deaths} of at most {self.max_restarts})")
+            return now + START_SECONDS
+        if isinstance(exc, ray.exceptions.ActorDiedError) or now > recovering_until:
+            raise RunError(f"{self.name}: its Ray actor did not come back after dying: "
+                           f"{first_line(exc)}")
+        self.stop_event.wait(POLL_SECONDS)  # restarting: ask again shortly
+        return recovering_until
+
+    def _get(self, ray, ref, seconds: float):
+        """The call's result, or None if the service stopped first; RunError if the actor
+        does not answer within `seconds`."""
+        deadline = time.monotonic() + seconds
+        while not self.stop_event.is_set():
+            try:  # (one call, not ray.wait then ray.get: this is once per group step)
+                return ray.get(ref, timeout=POLL_SECONDS)
+            except ray.exceptions.GetTimeoutError:
+                pass
+            if time.monotonic() > deadline:
+                raise RunError(f"{self.name}: its Ray actor did not answer within {seconds:g} s "
+                               "(not enough free CPUs in the cluster for the runners, or a "
+                               "node lost?)")
+        return None
+
+    def _retire(self, ray, pending) -> None:
+        """Retired while the service runs on: the steps in flight and the partial segments
+        still reach training."""
+        for _, ref in pending:
+            result = self._get(ray, ref, CALL_SECONDS)
+            if result is None:
+                return
+            if isinstance(result, StepResult):
+                self._stats.add_env_steps(result.steps, result.returns, result.lengths)
+                if result.segment is not None and not put_until_stopped(
+                        self._training_queue, result.segment, self):
+                    return
+        for part in self._get(ray, self.actor.flush.remote(), CALL_SECONDS) or []:
+            if not put_until_stopped(self._training_queue, part, self):
+                return
