@@ -169,6 +169,7 @@ class KeepingRunner(RemoteRunner):
             lambda runner: [g.envs.env.raw for g in runner.groups]), timeout=60)
 
 
+@pytest.mark.ray
 def test_remote_runner_transitions_match_the_reference(ray_module):
     """One runner actor in a local Ray, driven by its learner-side thread with a fake model:
     retired, it hands over everything in flight, and every transition is the reference's."""
@@ -237,6 +238,7 @@ def alive(pid: int, start: str) -> bool:
     return fields[0] != "Z" and fields[19] == start
 
 
+@pytest.mark.ray
 def test_cartpole_through_ray_runners_trains_and_leaves_no_ray_process(tmp_path, ray_module):
     """`ga3c-train --runner=ray --num_runners=2`: a local Ray started for the run, two runner
     actors, a checkpoint with updates; at the end every process Ray started is gone."""
