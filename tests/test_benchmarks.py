@@ -65,9 +65,9 @@ def test_throughput_smoke_writes_a_record_per_configuration(tmp_path, capsys, mo
     freeze_after_the_first_decision(monkeypatch)
     out = tmp_path / "t.json"
     code = throughput.main(
-        ["--seconds=0.5", "--warmup=0.2", f"--json={out}", "--sweep=num_trainers=1,2",
+        ["--seconds=0.3", "--warmup=0.1", f"--json={out}", "--sweep=num_trainers=1,2",
          "--autotune_seconds=0.5", "--autotune_window_seconds=1", *TINY],
-        pace=throughput.Pace(settle_seconds=0.5, min_ceiling_seconds=0.5))
+        pace=throughput.Pace(settle_seconds=0.25, min_ceiling_seconds=0.25))
     stdout, stderr = capsys.readouterr()
     assert code == 0, stderr[-3000:]
     records = json.loads(out.read_text())

@@ -265,10 +265,10 @@ def test_save_with_nothing_new_rewrites_nothing(tmp_path):
 
 
 def run_until_saves_fail(tmp_path, monkeypatch, capsys, fail):
-    """A real tiny run checkpointing every 0.3 s whose `fail(call_number)` hook may raise on
+    """A real tiny run checkpointing every 0.1 s whose `fail(call_number)` hook may raise on
     some save; returns (exit code, the one stderr line, logdir, checkpoints written before)."""
     logdir = str(tmp_path / "run")
-    service = make_service(logdir, "--checkpoint_every_seconds=0.3")
+    service = make_service(logdir, "--checkpoint_every_seconds=0.1")
     written = []
     real_save = tf.train.CheckpointManager.save
 
