@@ -178,14 +178,14 @@ def test_pong_cfg_trains_through_the_cli(pong_run):
     assert all_finite(tf_latest_checkpoint(logdir))
 
 
-@pytest.mark.parametrize("extra", [["--env_backend=threads"], ["--ale_batch_size=2"]])
-def test_breakout_cfg_trains_on_the_other_backends(tmp_path, extra):
-    """configs/breakout.cfg on gymnasium envs in threads, and on ale-py's async batches (one
-    agent of 4 envs here: the backend is what is tested, not the layout)."""
+def test_breakout_cfg_trains_on_ale_async_batches(tmp_path):
+    """configs/breakout.cfg on ale-py's async batches (2 of 4 envs per recv; one agent: the
+    backend is what is tested, not the layout). The gymnasium-in-threads backend trains
+    CartPole in every run here, and steps Breakout against the reference above."""
     logdir = tmp_path / "run"
     proc = train_cli(f"--flagfile={REPO}/configs/breakout.cfg", f"--logdir={logdir}",
                      "--num_agents=1", "--envs_per_agent=4", "--min_train_batch=20",
-                     "--max_env_steps=200", *extra)
+                     "--max_env_steps=200", "--ale_batch_size=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps, _, updates = checkpoint_counters(logdir)
     assert steps >= 200 and updates >= 1

@@ -3,6 +3,7 @@
 import time
 
 import numpy as np
+import pytest
 
 from ga3c.stats import CSV_HEADER, Stats, read_episode_rows, read_recent_returns
 
@@ -57,6 +58,6 @@ def test_any_number_of_readers_share_the_counters():
     assert first.policy_lag_mean == second.policy_lag_mean == 6.0
     assert first.mean_train_batch == 2.0
     since_start = stats.window(until=b)
-    assert since_start.trainings_per_s * since_start.seconds == 3
+    assert since_start.trainings_per_s * since_start.seconds == pytest.approx(3)
     assert since_start.losses == {"loss": 16.0 / 3}
     assert first.throughput == min(first.env_steps_per_s, first.samples_per_s) > 0
