@@ -367,7 +367,7 @@ def report(result) -> int:
     """A `RunResult` as the console shows it, and the exit code: 0 stopped cleanly, 1 a
     divergence or a failed write (one line) or a failed thread (its traceback)."""
     from ga3c.pipeline import JOIN_SECONDS
-    from ga3c.service import log
+    from ga3c.threads import log
 
     if result.error is not None:
         print(f"ga3c: error: {result.error}", file=sys.stderr, flush=True)

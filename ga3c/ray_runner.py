@@ -37,17 +37,13 @@ from ga3c.agent import EnvStepper, StepResult, sample_actions
 from ga3c.errors import RunError, UserError, first_line
 from ga3c.predictor import PredictorGroup, ReplySlot
 from ga3c.returns import Transitions
-from ga3c.threads import POLL_SECONDS, Failure, Worker, put_until_stopped
+from ga3c.threads import POLL_SECONDS, Failure, Worker, log, put_until_stopped
 
 GROUPS = 2  # env groups per runner kept in flight (fewer if a runner has fewer envs)
 START_SECONDS = 300.0  # a new actor's first reply: process start, imports, env creation
 CALL_SECONDS = 60.0  # any later reply (one vector step of one group)
 MAX_RESTARTS = 3  # Ray restarts a runner actor that died this many times, then the run fails
 ACTOR_CPUS = 1  # CPUs a runner reserves in Ray's scheduler (spreads runners over nodes)
-
-
-def log(message: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
 
 
 def require_ray():

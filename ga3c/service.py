@@ -36,11 +36,7 @@ from ga3c.learner import Learner
 from ga3c.pipeline import JOIN_SECONDS, Pipeline
 from ga3c.rundir import RunDir, keep_aside
 from ga3c.stats import Stats, Window, read_recent_returns
-from ga3c.threads import POLL_SECONDS, Failure
-
-
-def log(message: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+from ga3c.threads import POLL_SECONDS, Failure, log
 
 
 @dataclasses.dataclass

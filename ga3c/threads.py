@@ -15,6 +15,12 @@ import traceback
 POLL_SECONDS = 0.05  # longest any worker blocks before it looks at the stop event again
 
 
+def log(message: str) -> None:
+    """One timestamped console line (the service's, a worker's): flushed at once, as a
+    watched run's output must be."""
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
 class Failure:
     """The first exception raised by any worker, with its formatted traceback."""
 
