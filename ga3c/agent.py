@@ -62,6 +62,13 @@ class StepResult(NamedTuple):
     lengths: np.ndarray
 
 
+def deliver(result: StepResult, stats, training_queue, worker: Worker) -> bool:
+    """A step's env steps and episodes into `stats`, its full segments onto the training
+    queue (an agent's or a Ray runner's); False if the worker was stopped meanwhile."""
+    stats.add_env_steps(result.steps, result.returns, result.lengths)
+    return result.segment is None or put_until_stopped(training_queue, result.segment, worker)
+
+
 class EnvStepper:
     """One vector of envs and its n-step bookkeeping, stepped from outside.
 
@@ -170,9 +177,7 @@ class Agent(Worker):
                 return
             result = stepper.step(sample_actions(reply.logits, self.rng), reply.version)
             obs = result.obs
-            self._stats.add_env_steps(result.steps, result.returns, result.lengths)
-            if result.segment is not None and not put_until_stopped(
-                    self._training_queue, result.segment, self):
+            if not deliver(result, self._stats, self._training_queue, self):
                 return
         partial = stepper.flush()
         if not self.stop_event.is_set() and partial is not None:

@@ -53,9 +53,8 @@ def check_video_support() -> None:
 def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
              checkpoint: str | None = None, video_dir: str | None = None,
              env_id: str | None = None) -> EvalSummary:
-    from ga3c.checkpoints import find_checkpoint, restore_network
-    from ga3c.network import build_network
-    from ga3c.policy import Policy
+    from ga3c.checkpoints import find_checkpoint
+    from ga3c.policy import checkpoint_policy
 
     if policy not in ("greedy", "sample"):
         raise UserError(f"--policy={policy!r}: must be 'greedy' or 'sample'")
@@ -77,10 +76,7 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
                         f"{run_spec.obs_shape} and {run_spec.num_actions}")
     if video_dir:
         check_video_support()
-    # The network alone (no optimizer, no training step), restored from the checkpoint.
-    model = build_network(spec.obs_shape, spec.obs_dtype.name, spec.num_actions, config.network)
-    restore_network(model, path)
-    played = Policy(model, spec.obs_dtype, path, seed)
+    played = checkpoint_policy(path, config.network, spec, seed)
 
     def act(obs: np.ndarray) -> np.ndarray:
         return played.act(obs, sample=policy == "sample")[0]

@@ -51,9 +51,8 @@ def load_policy(logdir: str, checkpoint: str | None = None, seed: int = 0) -> Po
     (`checkpoint=` a path prefix, or "latest"). UserError if there is none to load."""
     import keras
 
-    from ga3c.checkpoints import find_checkpoint, restore_network
+    from ga3c.checkpoints import find_checkpoint
     from ga3c.envs import inspect_env
-    from ga3c.network import build_network
 
     run_dir = RunDir(logdir)
     config = run_dir.read_config()
@@ -67,7 +66,16 @@ def load_policy(logdir: str, checkpoint: str | None = None, seed: int = 0) -> Po
                       run_dir.policy, seed)
     path = find_checkpoint(run_dir.checkpoints, None if checkpoint in (None, "latest")
                            else checkpoint)
-    spec = inspect_env(config.env.env_id, config.env)
-    model = build_network(spec.obs_shape, spec.obs_dtype.name, spec.num_actions, config.network)
+    return checkpoint_policy(path, config.network, inspect_env(config.env.env_id, config.env),
+                             seed)
+
+
+def checkpoint_policy(path: str, network, spec, seed: int = 0) -> Policy:
+    """The network of training checkpoint `path` (built from `network`, a NetworkConfig, for
+    envs described by `spec`, an EnvSpec) as a Policy: no optimizer, no training step."""
+    from ga3c.checkpoints import restore_network
+    from ga3c.network import build_network
+
+    model = build_network(spec.obs_shape, spec.obs_dtype.name, spec.num_actions, network)
     restore_network(model, path)
     return Policy(model, spec.obs_dtype, path, seed)

@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ga3c.agent import EnvStepper, StepResult, sample_actions
+from ga3c.agent import EnvStepper, StepResult, deliver, sample_actions
 from ga3c.errors import RunError, UserError, first_line
 from ga3c.predictor import PredictorGroup, ReplySlot
 from ga3c.returns import Transitions
@@ -224,9 +224,7 @@ class RemoteRunner(Worker):
             seconds, recovering_until = CALL_SECONDS, None
             if isinstance(result, StepResult):
                 obs = result.obs
-                self._stats.add_env_steps(result.steps, result.returns, result.lengths)
-                if result.segment is not None and not put_until_stopped(
-                        self._training_queue, result.segment, self):
+                if not deliver(result, self._stats, self._training_queue, self):
                     return
             else:  # a reset's first observations
                 obs = result
@@ -290,11 +288,9 @@ class RemoteRunner(Worker):
             result = self._get(ray, ref, CALL_SECONDS)
             if result is None:
                 return
-            if isinstance(result, StepResult):
-                self._stats.add_env_steps(result.steps, result.returns, result.lengths)
-                if result.segment is not None and not put_until_stopped(
-                        self._training_queue, result.segment, self):
-                    return
+            if isinstance(result, StepResult) and not deliver(
+                    result, self._stats, self._training_queue, self):
+                return
         for part in self._get(ray, self.actor.flush.remote(), CALL_SECONDS) or []:
             if not put_until_stopped(self._training_queue, part, self):
                 return
