@@ -62,10 +62,12 @@ class StepResult(NamedTuple):
     lengths: np.ndarray
 
 
-def deliver(result: StepResult, stats, training_queue, worker: Worker) -> bool:
-    """A step's env steps and episodes into `stats`, its full segments onto the training
-    queue (an agent's or a Ray runner's); False if the worker was stopped meanwhile."""
-    stats.add_env_steps(result.steps, result.returns, result.lengths)
+def deliver(result: StepResult, stats, training_queue, worker: Worker,
+            source: str | None = None) -> bool:
+    """A step's env steps and episodes into `stats` (counted as `source`'s too, a Ray
+    runner's name), its full segments onto the training queue (an agent's or a Ray
+    runner's); False if the worker was stopped meanwhile."""
+    stats.add_env_steps(result.steps, result.returns, result.lengths, source)
     return result.segment is None or put_until_stopped(training_queue, result.segment, worker)
 
 

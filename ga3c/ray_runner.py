@@ -211,7 +211,7 @@ class RemoteRunner(Worker):
         seconds = START_SECONDS
         recovering_until = None  # after an actor's death: until its groups are reset again
         while True:
-            group, ref = pending.popleft()
+            group, ref, sent = pending.popleft()
             try:
                 result = self._get(ray, ref, seconds)
             except ray.exceptions.RayActorError as exc:
@@ -223,8 +223,9 @@ class RemoteRunner(Worker):
                 return
             seconds, recovering_until = CALL_SECONDS, None
             if isinstance(result, StepResult):
+                self._stats.add_round_trip(time.monotonic() - sent)
                 obs = result.obs
-                if not deliver(result, self._stats, self._training_queue, self):
+                if not deliver(result, self._stats, self._training_queue, self, self.name):
                     return
             else:  # a reset's first observations
                 obs = result
@@ -234,7 +235,8 @@ class RemoteRunner(Worker):
             if reply is None:
                 return
             actions = sample_actions(reply.logits, self.rng)
-            pending.append((group, self.actor.step.remote(group, actions, reply.version)))
+            pending.append((group, self.actor.step.remote(group, actions, reply.version),
+                            time.monotonic()))
         if not self.stop_event.is_set():
             self._retire(ray, pending)
 
@@ -242,7 +244,7 @@ class RemoteRunner(Worker):
         """Reset calls for every group; after a restart (`round_` > 0) with new seeds, so the
         restarted envs do not replay the episodes they played before."""
         shift = round_ * 1_000_003
-        return [(g, self.actor.reset.remote(g, (s + shift) % 2**31))
+        return [(g, self.actor.reset.remote(g, (s + shift) % 2**31), time.monotonic())
                 for g, s in enumerate(self._seeds)]
 
     def _after_actor_error(self, ray, exc: BaseException, recovering_until: float | None
@@ -284,12 +286,12 @@ class RemoteRunner(Worker):
     def _retire(self, ray, pending) -> None:
         """Retired while the service runs on: the steps in flight and the partial segments
         still reach training."""
-        for _, ref in pending:
+        for _, ref, _ in pending:
             result = self._get(ray, ref, CALL_SECONDS)
             if result is None:
                 return
             if isinstance(result, StepResult) and not deliver(
-                    result, self._stats, self._training_queue, self):
+                    result, self._stats, self._training_queue, self, self.name):
                 return
         for part in self._get(ray, self.actor.flush.remote(), CALL_SECONDS) or []:
             if not put_until_stopped(self._training_queue, part, self):

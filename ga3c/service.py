@@ -300,6 +300,11 @@ class Service:
             scalars["policy_lag/p95"] = w.policy_lag_p95
         for k, v in w.losses.items():
             scalars[f"loss/{k}"] = v
+        for name, rate in w.source_env_steps_per_s.items():
+            scalars[f"runners/{name}/env_steps_per_s"] = rate
+        if w.round_trip_p50 is not None:
+            scalars["runners/round_trip_p50_ms"] = w.round_trip_p50 * 1e3
+            scalars["runners/round_trip_p95_ms"] = w.round_trip_p95 * 1e3
         with writer.as_default(step=w.total_env_steps):
             for k, v in scalars.items():
                 tf.summary.scalar(k, v)

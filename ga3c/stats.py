@@ -22,8 +22,9 @@ import time
 import numpy as np
 
 COUNTERS = ("env_steps", "episodes", "predict_calls", "predictions", "train_calls",
-            "train_samples")
+            "train_samples", "round_trips")
 MAX_LAG_BATCHES = 10_000  # policy lags kept for windows: the latest training batches'
+MAX_ROUND_TRIPS = 100_000  # Ray runners' round-trip times kept for windows: the latest
 
 
 def throughput(env_steps_per_s: float, samples_per_s: float) -> float:
@@ -40,6 +41,8 @@ class Snapshot:
     counts: dict[str, int]
     loss_sums: dict[str, float]
     loss_count: int
+    # env steps per source (a Ray runner's name); empty when nothing reports a source
+    source_steps: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -62,6 +65,12 @@ class Window:
     policy_lag_p95: float | None
     losses: dict[str, float]
     rss_mib: float  # resident memory now (a long run's should stay flat)
+    # Ray runners (empty / None under --runner=threads): each runner's env steps/s, and the
+    # round trip of a runner's group step (actions sent -> next observations back, so env
+    # stepping, transfer and waiting behind the runner's other group), median and p95 in s.
+    source_env_steps_per_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    round_trip_p50: float | None = None
+    round_trip_p95: float | None = None
 
     @property
     def throughput(self) -> float:
@@ -78,7 +87,24 @@ class Window:
                 f"lag {lag}  q {queues}  rss {self.rss_mib:,.0f} MiB" + "".join(
                     f"  {short} {self.losses[k]:.2f}" for k, short in
                     (("entropy", "ent"), ("explained_variance", "ev"), ("logit_spread", "spread"))
-                    if k in self.losses))
+                    if k in self.losses)) + self.runners_text()
+
+    def runners_text(self) -> str:
+        """The Ray runners' part of the console line ("" under --runner=threads): each
+        runner's env steps/s (min/median/max past four runners) and the round trip."""
+        if not self.source_env_steps_per_s:
+            return ""
+        rates = self.source_env_steps_per_s
+        if len(rates) <= 4:
+            each = " ".join(f"{rates[k]:,.0f}" for k in sorted(rates, key=_natural))
+            text = f"  runner env/s {each}"
+        else:
+            lo, mid, hi = np.percentile(list(rates.values()), [0, 50, 100])
+            text = f"  runner env/s min {lo:,.0f} med {mid:,.0f} max {hi:,.0f} ({len(rates)})"
+        if self.round_trip_p50 is not None:
+            text += (f"  rtt p50 {self.round_trip_p50 * 1e3:.1f} "
+                     f"p95 {self.round_trip_p95 * 1e3:.1f} ms")
+        return text
 
 
 class Stats:
@@ -96,6 +122,9 @@ class Stats:
         self._lags: collections.deque = collections.deque(maxlen=MAX_LAG_BATCHES)
         self._loss_sums: dict[str, float] = collections.defaultdict(float)
         self._loss_count = 0
+        self._source_steps: dict[str, int] = collections.defaultdict(int)
+        # (round_trips count after it, seconds): bounded even if nobody reads them
+        self._round_trips: collections.deque = collections.deque(maxlen=MAX_ROUND_TRIPS)
         self._start_seconds = start_seconds
         self._csv_file = None
         self._csv = None
@@ -121,10 +150,14 @@ class Stats:
                 self._csv.writerow(CSV_HEADER)
 
     # -- written by worker threads --------------------------------------------------------
-    def add_env_steps(self, n: int, returns: np.ndarray, lengths: np.ndarray) -> None:
-        """Count `n` env steps, then record the episodes that ended in them."""
+    def add_env_steps(self, n: int, returns: np.ndarray, lengths: np.ndarray,
+                      source: str | None = None) -> None:
+        """Count `n` env steps (also as `source`'s, a Ray runner's name, if given), then
+        record the episodes that ended in them."""
         with self._lock:
             self._counts["env_steps"] += n
+            if source is not None:
+                self._source_steps[source] += n
             if len(returns) == 0:
                 return
             steps = self._counts["env_steps"]
@@ -134,6 +167,13 @@ class Stats:
                 self._counts["episodes"] += 1
                 if self._csv is not None:
                     self._csv.writerow([f"{wall:.3f}", steps, ret, length])
+
+    def add_round_trip(self, seconds: float) -> None:
+        """A Ray runner's group step took `seconds` from sending actions to having the next
+        observations back."""
+        with self._lock:
+            self._counts["round_trips"] += 1
+            self._round_trips.append((self._counts["round_trips"], seconds))
 
     def add_predictions(self, batch: int) -> None:
         with self._lock:
@@ -178,7 +218,7 @@ class Stats:
             if self._csv_file is not None:
                 self._csv_file.flush()
             return Snapshot(time.monotonic(), dict(self._counts), dict(self._loss_sums),
-                            self._loss_count)
+                            self._loss_count, dict(self._source_steps))
 
     def window(self, since: Snapshot | None = None, until: Snapshot | None = None) -> Window:
         """What happened between two snapshots (default: since `restart_clock()`, until now).
@@ -189,6 +229,8 @@ class Stats:
             lags = [a for calls, a in self._lags
                     if since.counts["train_calls"] < calls <= until.counts["train_calls"]]
             score = float(np.mean(self._returns)) if self._returns else None
+            trips = [t for n, t in self._round_trips
+                     if since.counts["round_trips"] < n <= until.counts["round_trips"]]
         lags = np.concatenate(lags) if lags else np.zeros(0)
         dt = max(until.time - since.time, 1e-9)
         d = {k: until.counts[k] - since.counts[k] for k in until.counts}
@@ -212,6 +254,10 @@ class Stats:
             policy_lag_p95=float(np.percentile(lags, 95)) if len(lags) else None,
             losses=losses,
             rss_mib=rss_mib(),
+            source_env_steps_per_s={k: (v - since.source_steps.get(k, 0)) / dt
+                                    for k, v in until.source_steps.items()},
+            round_trip_p50=float(np.percentile(trips, 50)) if trips else None,
+            round_trip_p95=float(np.percentile(trips, 95)) if trips else None,
         )
 
     def close(self) -> None:
@@ -219,6 +265,12 @@ class Stats:
             if self._csv_file is not None:
                 self._csv_file.close()
                 self._csv_file = self._csv = None
+
+
+def _natural(name: str):
+    """runner-2 before runner-10."""
+    head, _, tail = name.rpartition("-")
+    return (head, int(tail)) if tail.isdigit() else (name, -1)
 
 
 def rss_mib() -> float:

@@ -210,8 +210,13 @@ sleep 0.5
 if [ "$FAULT" = full ]; then
   dd if=/dev/zero of="$MNT/filler" bs=64k 2>/dev/null
 else
-  mount --bind "$MNT/run/checkpoints" "$MNT/run/checkpoints" &&
-    mount -o remount,bind,ro "$MNT/run/checkpoints"
+  # A read-only remount is refused (EBUSY) while a file is open for writing through the
+  # mount, i.e. while a checkpoint is being written: retry until it lands between two.
+  mount --bind "$MNT/run/checkpoints" "$MNT/run/checkpoints" || { kill $pid; exit 98; }
+  n=0
+  until mount -o remount,bind,ro "$MNT/run/checkpoints" 2>/dev/null; do
+    n=$((n+1)); [ $n -lt 400 ] || { kill $pid; exit 98; }; sleep 0.02
+  done
 fi
 wait $pid
 echo $? > "$OUT/rc"

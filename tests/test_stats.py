@@ -61,3 +61,31 @@ def test_any_number_of_readers_share_the_counters():
     assert since_start.trainings_per_s * since_start.seconds == pytest.approx(3)
     assert since_start.losses == {"loss": 16.0 / 3}
     assert first.throughput == min(first.env_steps_per_s, first.samples_per_s) > 0
+
+
+def test_ray_runners_rates_and_round_trips_are_per_window():
+    """Each runner's env steps/s and the round-trip percentiles cover the window only; the
+    console shows them only when runners report (never under --runner=threads)."""
+    stats = Stats(None)
+    stats.add_env_steps(10, np.zeros(0), np.zeros(0))  # an agent's: no source
+    assert stats.window().runners_text() == "" and stats.window().round_trip_p50 is None
+    stats.add_env_steps(100, np.zeros(0), np.zeros(0), source="runner-0")
+    stats.add_round_trip(9.0)  # before the window: left out
+    a = stats.snapshot()
+    stats.add_env_steps(30, np.zeros(0), np.zeros(0), source="runner-10")
+    stats.add_env_steps(60, np.zeros(0), np.zeros(0), source="runner-2")
+    for t in range(1, 101):
+        stats.add_round_trip(t / 1000)
+    b = stats.snapshot()
+    w = stats.window(a, b)
+    assert {k: v * w.seconds for k, v in w.source_env_steps_per_s.items()} == pytest.approx(
+        {"runner-0": 0, "runner-2": 60, "runner-10": 30})
+    assert w.round_trip_p50 == pytest.approx(0.0505) and w.round_trip_p95 == pytest.approx(0.09505)
+    text = w.runners_text()
+    assert text.startswith("  runner env/s 0 ") and text.endswith("rtt p50 50.5 p95 95.0 ms")
+    assert text.index(f"{60 / w.seconds:,.0f}") < text.rindex(f"{30 / w.seconds:,.0f}")
+    assert w.console_line({"predict": 0}).endswith(text)
+    for i in range(3, 6):  # past four runners: min / median / max
+        stats.add_env_steps(1, np.zeros(0), np.zeros(0), source=f"runner-{i}")
+    assert "runner env/s min " in stats.window(a).runners_text()
+    assert "(6)" in stats.window(a).runners_text()
