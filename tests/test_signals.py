@@ -214,8 +214,9 @@ else
   # mount, i.e. while a checkpoint is being written: retry until it lands between two.
   mount --bind "$MNT/run/checkpoints" "$MNT/run/checkpoints" || { kill $pid; exit 98; }
   n=0
-  until mount -o remount,bind,ro "$MNT/run/checkpoints" 2>/dev/null; do
-    n=$((n+1)); [ $n -lt 400 ] || { kill $pid; exit 98; }; sleep 0.02
+  until mount -o remount,bind,ro "$MNT/run/checkpoints" 2>"$OUT/mount.err"; do
+    n=$((n+1)); [ $n -lt 1500 ] || { cat "$OUT/mount.err" >&2; kill $pid; exit 98; }
+    sleep 0.02
   done
 fi
 wait $pid
@@ -235,9 +236,10 @@ def test_real_disk_faults_mid_run(tmp_path, fault, reason):
     mnt.mkdir()
     out.mkdir()
     env = dict(cli_env(), MNT=str(mnt), OUT=str(out), PY=sys.executable, FAULT=fault)
-    subprocess.run(["unshare", "-rm", "sh", "-c", FAULT_SCRIPT, "fault", *TINY,
-                    "--max_seconds=60", "--checkpoint_every_seconds=0.3"],
-                   cwd=REPO, env=env, timeout=240, check=True)
+    script = subprocess.run(["unshare", "-rm", "sh", "-c", FAULT_SCRIPT, "fault", *TINY,
+                             "--max_seconds=60", "--checkpoint_every_seconds=0.3"],
+                            cwd=REPO, env=env, timeout=240, capture_output=True, text=True)
+    assert script.returncode == 0, f"the fault script failed: {script.stderr[-2000:]}"
     proc = subprocess.CompletedProcess([], int((out / "rc").read_text()),
                                        (out / "stdout").read_text(), (out / "stderr").read_text())
     assert proc.returncode == 1, proc.stderr[-3000:]
