@@ -29,7 +29,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -160,6 +160,15 @@ class EnvRunner:
                 g.close()
 
 
+class Call(NamedTuple):
+    """A call to the actor in flight: group `group`'s reset (`step` False) or step."""
+
+    group: int
+    ref: object  # its ray.ObjectRef
+    sent: float  # time.monotonic() when it was sent
+    step: bool
+
+
 class RemoteRunner(Worker):
     """A learner-side thread that drives one `EnvRunner` actor (see the module docstring).
 
@@ -167,8 +176,13 @@ class RemoteRunner(Worker):
     Group g of runner `index` is seeded `seed + (envs before it)`, so a runner's envs get the
     seeds an agent with the same envs would give them. An actor that dies (its process or
     node lost) is counted, logged and restarted by Ray up to MAX_RESTARTS times; its groups
-    start new episodes with fresh seeds and the transitions it held are lost. Any other
-    exception (an env's, in the actor) fails the run like an agent's.
+    start new episodes with fresh seeds. What it held is lost, and counted: the transitions
+    of its groups' unfinished segments (`StepResult.unsent` of each group's latest reply:
+    built from env steps already counted, never delivered; `dropped`, also in `Stats`), and
+    the group steps in flight (`lost_steps`: their env steps were never counted, and whether
+    the actor took them before it died is unknown). Nothing else: every segment it returned
+    is on the training queue. Any other exception (an env's, in the actor) fails the run
+    like an agent's.
     """
 
     def __init__(self, index: int, make_envs: Callable[[int], object], num_envs: int,
@@ -187,6 +201,10 @@ class RemoteRunner(Worker):
         self._stats = stats
         self.max_restarts = max_restarts
         self.deaths = 0  # actor deaths seen (each one restarted by Ray, up to max_restarts)
+        self.dropped = 0  # transitions lost with dead actors (see the class docstring)
+        self.lost_steps = 0  # group steps in flight when an actor died
+        # per group: the transitions its envs hold, as of its latest reply (0 after a reset)
+        self.unsent = [0] * len(sizes)
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         self.actor = None
 
@@ -206,16 +224,17 @@ class RemoteRunner(Worker):
 
     def _loop(self, ray) -> None:
         slot = ReplySlot()
-        # Group g's call in flight, oldest first; the actor answers them in this order.
+        # Calls in flight, oldest first; the actor answers them in this order.
         pending = collections.deque(self._resets(0))
         seconds = START_SECONDS
         recovering_until = None  # after an actor's death: until its groups are reset again
         while True:
-            group, ref, sent = pending.popleft()
+            call = pending.popleft()
             try:
-                result = self._get(ray, ref, seconds)
+                result = self._get(ray, call.ref, seconds)
             except ray.exceptions.RayActorError as exc:
-                recovering_until = self._after_actor_error(ray, exc, recovering_until)
+                recovering_until = self._after_actor_error(ray, exc, recovering_until,
+                                                           [call, *pending])
                 pending = collections.deque(self._resets(self.deaths))
                 seconds = START_SECONDS
                 continue
@@ -223,7 +242,8 @@ class RemoteRunner(Worker):
                 return
             seconds, recovering_until = CALL_SECONDS, None
             if isinstance(result, StepResult):
-                self._stats.add_round_trip(time.monotonic() - sent)
+                self._stats.add_round_trip(time.monotonic() - call.sent)
+                self.unsent[call.group] = result.unsent
                 obs = result.obs
                 if not deliver(result, self._stats, self._training_queue, self, self.name):
                     return
@@ -235,32 +255,41 @@ class RemoteRunner(Worker):
             if reply is None:
                 return
             actions = sample_actions(reply.logits, self.rng)
-            pending.append((group, self.actor.step.remote(group, actions, reply.version),
-                            time.monotonic()))
+            pending.append(Call(call.group, self.actor.step.remote(call.group, actions,
+                                                                   reply.version),
+                                time.monotonic(), step=True))
         if not self.stop_event.is_set():
             self._retire(ray, pending)
 
-    def _resets(self, round_: int) -> list:
+    def _resets(self, round_: int) -> list[Call]:
         """Reset calls for every group; after a restart (`round_` > 0) with new seeds, so the
         restarted envs do not replay the episodes they played before."""
         shift = round_ * 1_000_003
-        return [(g, self.actor.reset.remote(g, (s + shift) % 2**31), time.monotonic())
-                for g, s in enumerate(self._seeds)]
+        return [Call(g, self.actor.reset.remote(g, (s + shift) % 2**31), time.monotonic(),
+                     step=False) for g, s in enumerate(self._seeds)]
 
-    def _after_actor_error(self, ray, exc: BaseException, recovering_until: float | None
-                           ) -> float:
-        """A call failed because the actor died or is restarting. The first error of a death
-        counts it (RunError past max_restarts); the calls that fail while Ray restarts the
-        actor are sent again, for at most START_SECONDS. Returns the time recovery gives up
-        at."""
+    def _after_actor_error(self, ray, exc: BaseException, recovering_until: float | None,
+                           lost: list[Call]) -> float:
+        """A call failed because the actor died or is restarting; `lost`: it and the calls
+        sent after it. The first error of a death counts it and what it took with it (see
+        the class docstring; RunError past max_restarts); the calls that fail while Ray
+        restarts the actor are sent again, for at most START_SECONDS. Returns the time
+        recovery gives up at."""
         now = time.monotonic()
         if recovering_until is None:
             self.deaths += 1
+            dropped, steps = sum(self.unsent), sum(c.step for c in lost)
+            self.unsent = [0] * len(self.unsent)  # the restarted actor's groups start afresh
+            self.dropped += dropped
+            self.lost_steps += steps
+            self._stats.add_dropped(dropped)
+            what = (f"{dropped} unsent transitions dropped, {steps} group steps in flight "
+                    "lost")
             if self.deaths > self.max_restarts:
                 raise RunError(f"{self.name}: its Ray actor died {self.deaths} times, the "
-                               f"last: {first_line(exc)}")
-            log(f"{self.name}: its Ray actor died ({first_line(exc)}); Ray restarts it "
-                f"({self.deaths} of at most {self.max_restarts})")
+                               f"last: {first_line(exc)} ({what})")
+            log(f"{self.name}: its Ray actor died ({first_line(exc)}); {what}; Ray restarts "
+                f"it ({self.deaths} of at most {self.max_restarts})")
             return now + START_SECONDS
         if isinstance(exc, ray.exceptions.ActorDiedError) or now > recovering_until:
             raise RunError(f"{self.name}: its Ray actor did not come back after dying: "
@@ -286,13 +315,15 @@ class RemoteRunner(Worker):
     def _retire(self, ray, pending) -> None:
         """Retired while the service runs on: the steps in flight and the partial segments
         still reach training."""
-        for _, ref, _ in pending:
-            result = self._get(ray, ref, CALL_SECONDS)
+        for call in pending:
+            result = self._get(ray, call.ref, CALL_SECONDS)
             if result is None:
                 return
-            if isinstance(result, StepResult) and not deliver(
-                    result, self._stats, self._training_queue, self, self.name):
-                return
+            if isinstance(result, StepResult):
+                self.unsent[call.group] = result.unsent
+                if not deliver(result, self._stats, self._training_queue, self, self.name):
+                    return
         for part in self._get(ray, self.actor.flush.remote(), CALL_SECONDS) or []:
             if not put_until_stopped(self._training_queue, part, self):
                 return
+        self.unsent = [0] * len(self.unsent)

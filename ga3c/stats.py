@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 COUNTERS = ("env_steps", "episodes", "predict_calls", "predictions", "train_calls",
-            "train_samples", "round_trips")
+            "train_samples", "round_trips", "dropped_transitions")
 MAX_LAG_BATCHES = 10_000  # policy lags kept for windows: the latest training batches'
 MAX_ROUND_TRIPS = 100_000  # Ray runners' round-trip times kept for windows: the latest
 
@@ -71,6 +71,10 @@ class Window:
     source_env_steps_per_s: dict[str, float] = dataclasses.field(default_factory=dict)
     round_trip_p50: float | None = None
     round_trip_p95: float | None = None
+    # Transitions lost with Ray runner actors that died (built, never delivered): in this
+    # window, and in all of this process's training.
+    dropped_transitions: int = 0
+    total_dropped_transitions: int = 0
 
     @property
     def throughput(self) -> float:
@@ -91,19 +95,21 @@ class Window:
 
     def runners_text(self) -> str:
         """The Ray runners' part of the console line ("" under --runner=threads): each
-        runner's env steps/s (min/median/max past four runners) and the round trip."""
-        if not self.source_env_steps_per_s:
-            return ""
+        runner's env steps/s (min/median/max past four runners), the round trip, and the
+        transitions dropped with dead actors so far (only once there are some)."""
+        text = ""
         rates = self.source_env_steps_per_s
-        if len(rates) <= 4:
-            each = " ".join(f"{rates[k]:,.0f}" for k in sorted(rates, key=_natural))
-            text = f"  runner env/s {each}"
-        else:
+        if len(rates) > 4:
             lo, mid, hi = np.percentile(list(rates.values()), [0, 50, 100])
             text = f"  runner env/s min {lo:,.0f} med {mid:,.0f} max {hi:,.0f} ({len(rates)})"
+        elif rates:
+            each = " ".join(f"{rates[k]:,.0f}" for k in sorted(rates, key=_natural))
+            text = f"  runner env/s {each}"
         if self.round_trip_p50 is not None:
             text += (f"  rtt p50 {self.round_trip_p50 * 1e3:.1f} "
                      f"p95 {self.round_trip_p95 * 1e3:.1f} ms")
+        if self.total_dropped_transitions:
+            text += f"  dropped {self.total_dropped_transitions:,}"
         return text
 
 
@@ -175,6 +181,11 @@ class Stats:
             self._counts["round_trips"] += 1
             self._round_trips.append((self._counts["round_trips"], seconds))
 
+    def add_dropped(self, transitions: int) -> None:
+        """A Ray runner's actor died holding `transitions` it had built but not delivered."""
+        with self._lock:
+            self._counts["dropped_transitions"] += transitions
+
     def add_predictions(self, batch: int) -> None:
         with self._lock:
             self._counts["predict_calls"] += 1
@@ -201,6 +212,10 @@ class Stats:
     @property
     def episodes(self) -> int:
         return self._counts["episodes"]
+
+    @property
+    def dropped_transitions(self) -> int:
+        return self._counts["dropped_transitions"]
 
     @property
     def samples_trained(self) -> int:
@@ -258,6 +273,8 @@ class Stats:
                                     for k, v in until.source_steps.items()},
             round_trip_p50=float(np.percentile(trips, 50)) if trips else None,
             round_trip_p95=float(np.percentile(trips, 95)) if trips else None,
+            dropped_transitions=d["dropped_transitions"],
+            total_dropped_transitions=until.counts["dropped_transitions"],
         )
 
     def close(self) -> None:

@@ -18,7 +18,8 @@ import pytest
 
 from ga3c.fakes import FakePredict, FakeVectorEnv
 from ga3c.predictor import PredictorGroup
-from ga3c.ray_runner import EnvRunner, RemoteRunner, group_sizes, ray_session
+from ga3c.errors import RunError
+from ga3c.ray_runner import Call, EnvRunner, RemoteRunner, group_sizes, ray_session
 from ga3c.returns import Transitions, reference_transitions
 from ga3c.stats import Stats
 from ga3c.threads import Failure
@@ -98,6 +99,56 @@ def test_env_runner_groups_make_the_reference_transitions():
         assert_matches_reference(by_time(batch), env.raw, n_step, gamma)
     runner.close()
     assert all(e.closed for e in envs)
+
+
+def test_each_step_result_counts_the_transitions_its_group_still_holds():
+    """`StepResult.unsent`, what a runner's death would drop, is exact at every step: every
+    valid env step so far is either in a segment returned or held, and what a flush returns
+    at the end is what the last step said was held."""
+    n_step, gamma = 4, 0.9
+    runner = EnvRunner([functools.partial(FakeVectorEnv, LENGTHS[:3]),
+                        functools.partial(FakeVectorEnv, LENGTHS[3:])], n_step, gamma)
+    rng = np.random.default_rng(1)
+    obs = [runner.reset(g, seed=g) for g in range(2)]
+    delivered, unsent = [0, 0], [0, 0]
+    seen = set()
+    for _ in range(23):
+        for g in range(2):
+            result = runner.step(g, rng.integers(0, 2, len(obs[g])), version=0)
+            obs[g] = result.obs
+            delivered[g] += 0 if result.segment is None else len(result.segment)
+            unsent[g] = result.unsent
+            assert delivered[g] + unsent[g] == runner.groups[g].envs.env.valid_steps
+            seen.add(unsent[g])
+    assert len(seen) > 3  # held counts rose and fell with the segments
+    assert [len(part) for part in runner.flush()] == unsent
+    runner.close()
+
+
+def test_an_actor_s_death_counts_and_logs_what_it_dropped(capsys):
+    """Without Ray: the first error of a death counts the transitions the groups held (their
+    latest replies' `unsent`) and the steps in flight, in the runner and in Stats, and logs
+    them; past max_restarts the run fails with one line saying the same."""
+    stats, stop = Stats(), threading.Event()
+    runner = RemoteRunner(1, make_fake_envs, 4, 0, 3, 0.9, None, None, stats, stop, Failure(),
+                          max_restarts=2)
+    lost = [Call(0, None, 0.0, step=True), Call(1, None, 0.0, step=True),
+            Call(0, None, 0.0, step=False)]
+    runner.unsent = [5, 7]
+    runner._after_actor_error(None, RuntimeError("actor died\ndetails"), None, lost)
+    line = capsys.readouterr().out.strip()
+    assert line.endswith("runner-1: its Ray actor died (actor died); 12 unsent "
+                         "transitions dropped, 2 group steps in flight lost; Ray restarts it "
+                         "(1 of at most 2)"), line
+    assert (runner.dropped, runner.lost_steps, runner.unsent) == (12, 2, [0, 0])
+    assert stats.dropped_transitions == 12
+    runner.unsent = [0, 3]
+    runner._after_actor_error(None, RuntimeError("again"), None, lost[2:])
+    runner.unsent = [1, 1]
+    with pytest.raises(RunError, match=r"^runner-1: its Ray actor died 3 times, the last: "
+                       r"lost \(2 unsent transitions dropped, 0 group steps"):
+        runner._after_actor_error(None, RuntimeError("lost"), None, [])
+    assert (runner.dropped, runner.lost_steps, stats.dropped_transitions) == (17, 2, 17)
 
 
 def test_ray_runner_module_imports_without_ray():

@@ -89,3 +89,21 @@ def test_ray_runners_rates_and_round_trips_are_per_window():
         stats.add_env_steps(1, np.zeros(0), np.zeros(0), source=f"runner-{i}")
     assert "runner env/s min " in stats.window(a).runners_text()
     assert "(6)" in stats.window(a).runners_text()
+
+
+def test_dropped_transitions_are_counted_and_shown_only_when_some_were():
+    """Transitions lost with dead Ray runner actors: per window and in all, on the console
+    (after the runners' rates) only once there are some."""
+    stats = Stats(None)
+    stats.add_env_steps(100, np.zeros(0), np.zeros(0), source="runner-0")
+    w = stats.window()
+    assert w.dropped_transitions == w.total_dropped_transitions == 0
+    assert "dropped" not in w.console_line({"predict": 0})
+    stats.add_dropped(37)
+    a = stats.snapshot()
+    stats.add_dropped(5)
+    w = stats.window(a)
+    assert (w.dropped_transitions, w.total_dropped_transitions) == (5, 42)
+    assert stats.dropped_transitions == 42
+    assert w.runners_text().endswith("  dropped 42")
+    assert w.console_line({"predict": 0}).endswith("  dropped 42")
