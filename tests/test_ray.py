@@ -8,6 +8,7 @@ pays its start-up (10-15 s on a loaded 2-core machine).
 
 import functools
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -18,14 +19,15 @@ import pytest
 
 from ga3c.fakes import FakePredict, FakeVectorEnv
 from ga3c.predictor import PredictorGroup
+from ga3c.agent import deliver
 from ga3c.errors import RunError
 from ga3c.ray_runner import Call, EnvRunner, RemoteRunner, group_sizes, ray_session
 from ga3c.returns import Transitions, reference_transitions
 from ga3c.stats import Stats
 from ga3c.threads import Failure
+from tests.fake_vector_env import LENGTHS, TaggedFakeEnv
 from tests.test_cli import REPO, TINY, assert_one_line_error, checkpoint_counters, train_cli
 
-LENGTHS = [1, 2, 3, 5, 4]  # FakeVectorEnv episode lengths, env by env
 
 
 @pytest.fixture
@@ -33,12 +35,18 @@ def ray_module():
     return pytest.importorskip("ray")
 
 
-def assert_matches_reference(batch: Transitions, raw, n_step: int, gamma: float) -> None:
+def assert_matches_reference(batch: Transitions, raw, n_step: int, gamma: float,
+                             prefix: bool = False) -> None:
     """Every valid step of each env's raw stream is exactly one transition, equal to what
-    the slow per-env reference makes of it (as tests/test_threads.py checks agents)."""
+    the slow per-env reference makes of it (as tests/test_threads.py checks agents). With
+    `prefix`, the stream's last transitions may be missing (still held when the run
+    stopped), none before them."""
     for e, stream in enumerate(raw):
         mine = batch.states[:, 0] == e
         ref = reference_transitions(stream, n_step, gamma)
+        if prefix:
+            assert len(ref) >= int(mine.sum())
+            ref = ref[:int(mine.sum())]
         assert int(mine.sum()) == len(ref) > 0
         np.testing.assert_array_equal(batch.states[mine], [r["state"] for r in ref])
         np.testing.assert_array_equal(batch.actions[mine], [r["action"] for r in ref])
@@ -191,20 +199,6 @@ def test_bad_ray_address_is_one_line_and_exit_2(tmp_path, ray_module, address, n
     assert not ray_module.is_initialized()
 
 
-class TaggedFakeEnv(FakeVectorEnv):
-    """FakeVectorEnv whose observations carry the seed of the last reset in column 3: the
-    two groups of a runner step the same lengths, and this tells their rows apart."""
-
-    def reset(self, seed=None):
-        self.tag = float(seed)
-        return super().reset(seed)
-
-    def _obs(self) -> np.ndarray:
-        obs = super()._obs()
-        obs[:, 3] = self.tag
-        return obs
-
-
 def make_fake_envs(num_envs: int) -> FakeVectorEnv:
     return TaggedFakeEnv(LENGTHS[:num_envs])
 
@@ -323,3 +317,144 @@ def test_cartpole_through_ray_runners_trains_and_leaves_no_ray_process(tmp_path,
     left = {p: open(f"/proc/{p}/cmdline").read().replace("\0", " ")[:120]
             for p, s in seen.items() if alive(p, s)}
     assert not left, left
+
+
+class RecordingRunner(RemoteRunner):
+    """A runner that keeps every segment it delivers (`deliver`: put on the training queue,
+    or not if the run stopped first) with its actor's deaths before it, and, before its
+    actor is killed at the end, its last actor's raw env streams. Put in place of
+    `ga3c.ray_runner.RemoteRunner` (where the pipeline finds it) with `recording_deliver`."""
+
+    made: list["RecordingRunner"] = []  # every one made, in order (reset by the test)
+    progress = threading.Condition()  # notified at each segment delivered
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.segments: list[tuple[int, Transitions, bool]] = []  # (deaths, segment, put)
+        self.raw = None
+        with RecordingRunner.progress:
+            RecordingRunner.made.append(self)
+
+    def _loop(self, ray) -> None:
+        super()._loop(ray)
+        self.raw = ray.get(self.actor.__ray_call__.remote(
+            lambda runner: [g.envs.env.raw for g in runner.groups]), timeout=30)
+
+    def rows(self, deaths: int) -> Transitions:
+        """The transitions put on the training queue after `deaths` deaths."""
+        return Transitions.concatenate([t for d, t, put in self.segments if d == deaths and put])
+
+    def built(self) -> int:
+        """Transitions in the segments it delivered, put or not."""
+        return sum(len(t) for _, t, _ in self.segments)
+
+
+def recording_deliver(result, stats, training_queue, worker, source=None) -> bool:
+    put = deliver(result, stats, training_queue, worker, source)
+    if result.segment is not None:
+        with RecordingRunner.progress:
+            worker.segments.append((worker.deaths, result.segment, put))
+            RecordingRunner.progress.notify_all()
+    return put
+
+
+@pytest.mark.ray
+def test_a_runner_killed_mid_run_is_restarted_and_nothing_else_is_lost(tmp_path, ray_module,
+                                                                         monkeypatch):
+    """`ray.kill` one of two runners' actors mid-run (Ray restarts it). The run goes on and
+    ends cleanly with a checkpoint; the death is logged once, with the transitions it
+    dropped, and those are exactly what is missing: for each runner, env steps counted =
+    transitions delivered to the training queue + dropped + held at the end. The other runner's
+    transitions are intact (the slow reference's, every one up to those held at the end),
+    and the restarted runner contributes again, its new episodes' transitions intact too."""
+    import ga3c.cli
+
+    monkeypatch.setattr("ga3c.ray_runner.RemoteRunner", RecordingRunner)
+    monkeypatch.setattr("ga3c.ray_runner.deliver", recording_deliver)
+    monkeypatch.setattr(RecordingRunner, "made", [])
+    n_step, gamma = 10, 0.9  # long segments: a death almost always drops some
+    progress, made = RecordingRunner.progress, RecordingRunner.made
+    killed_at: dict = {}
+    problems: list[str] = []
+    services = []
+
+    def drive():
+        """Kill runner-1's actor once both runners contributed; stop the run once the
+        restarted runner and the other one contributed again."""
+        def wait_for(what, predicate) -> bool:
+            deadline = time.monotonic() + 120
+            with progress:
+                while not predicate():
+                    if services[0].stop_event.is_set() or time.monotonic() > deadline:
+                        problems.append(f"the run ended or timed out before {what}")
+                        return False
+                    progress.wait(0.5)  # notified at each segment; the stop is not
+            return True
+
+        try:
+            if not wait_for("both runners' segments", lambda: len(made) == 2 and all(
+                    len(r.segments) >= 10 for r in made)):
+                return
+            with progress:
+                killed_at.update(segments=len(made[0].segments),
+                                 steps=dict(services[0].stats.snapshot().source_steps))
+            ray_module.kill(made[1].actor, no_restart=False)
+            wait_for("the restarted runner's segments and the other's", lambda: sum(
+                d == 1 for d, _, _ in made[1].segments) >= 10 and len(
+                    made[0].segments) >= killed_at["segments"] + 10)
+        finally:
+            services[0].request_stop("test: done")
+
+    driver = threading.Thread(target=drive, daemon=True)
+    logdir = tmp_path / "run"
+    args = [*TINY, f"--logdir={logdir}", "--env=tests.fake_vector_env:TaggedFakeVector-v0",
+            "--runner=ray", "--num_runners=2", f"--n_step={n_step}", f"--gamma={gamma}",
+            "--max_seconds=150"]
+    original = ga3c.cli.StopSignals.hand_over
+
+    def hand_over(signals, service):  # the service, just before it starts
+        original(signals, service)
+        services.append(service)
+        driver.start()
+
+    monkeypatch.setattr(ga3c.cli.StopSignals, "hand_over", hand_over)
+    proc = train_cli(*args)
+    driver.join(30)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not problems, (problems, proc.stdout[-3000:])
+    assert "stopped (test: done)" in proc.stdout
+    assert checkpoint_counters(logdir)[0] > 0
+    assert not ray_module.is_initialized()
+    stats = proc.service.stats
+    steps = stats.snapshot().source_steps
+    survivor, victim = made
+    assert survivor.raw is not None and victim.raw is not None
+
+    # The death: logged once, with what it dropped; counted in Stats
+    deaths = re.findall(r"runner-(\d+): its Ray actor died \(.*\); (\d+) unsent transitions "
+                        r"dropped, (\d+) group steps in flight lost; Ray restarts it "
+                        r"\(1 of at most 3\)", proc.stdout)
+    assert deaths == [("1", str(victim.dropped), str(victim.lost_steps))], proc.stdout[-3000:]
+    assert (victim.deaths, survivor.deaths) == (1, 0)
+    assert stats.dropped_transitions == victim.dropped
+    # Nothing lost but that: env steps counted = delivered + dropped + held at the end
+    # (every segment delivered is put on the queue but one the stop may have kept off)
+    for runner in made:
+        assert steps[runner.name] == runner.built() + runner.dropped + sum(runner.unsent)
+        assert sum(not put for _, _, put in runner.segments) <= 1
+    # The survivor's transitions, before and after the kill, are all the reference's
+    assert len(survivor.segments) >= killed_at["segments"] + 10
+    assert steps[survivor.name] > killed_at["steps"][survivor.name]
+    group_seeds = [0, 2]  # runner 0: seed 0, groups of 2 envs (seeds s, s + 2)
+    for raw, seed in zip(survivor.raw, group_seeds):
+        rows = survivor.rows(0)
+        assert_matches_reference(by_time(select(rows, rows.states[:, 3] == seed)), raw,
+                                 n_step, gamma, prefix=True)
+    # The restarted runner contributes again: new episodes (new seeds), intact
+    assert steps[victim.name] > killed_at["steps"][victim.name]
+    rows = victim.rows(1)
+    new_seeds = [4 + seed + 1_000_003 for seed in group_seeds]  # runner 1: seed 4, shifted
+    assert set(np.unique(rows.states[:, 3])) == set(new_seeds)
+    for raw, seed in zip(victim.raw, new_seeds):
+        assert_matches_reference(by_time(select(rows, rows.states[:, 3] == seed)), raw,
+                                 n_step, gamma, prefix=True)
