@@ -20,8 +20,9 @@ neither is throughput that lasts, and the minimum counts neither.
 Comparing the trial with windows on both sides of it cancels a steady drift of the machine
 (here its speed wanders by up to 1.7x within half an hour), which a before/after comparison
 would take for an effect of the change. Removing a thread never loses work: a retired agent
-finishes its step and sends its partial segment, a retired predictor hands back a request it
-holds, a retired trainer puts its batch back on the queue.
+finishes its step and sends its partial segment (a retired Ray runner, with `--runner=ray` the
+"agents", its steps in flight and partial segments), a retired predictor hands back a request
+it holds, a retired trainer puts its batch back on the queue.
 
 Pure Python (no TensorFlow): `pipeline` needs `counts()` and `resize(knob, delta)`, `stats`
 `snapshot()` and `window(a, b).throughput` (`ga3c.stats`: the one definition of throughput).

@@ -14,6 +14,8 @@ does, samples the actions like an agent and sends them back, and puts the transi
 training queue and the episodes into `Stats`. The round trip is hidden by keeping every group
 in flight: while the actor steps group 0 (a sync actor runs its calls in order), the thread
 has group 1's observations predicted, so env stepping overlaps inference and transfer.
+`--autotune` adds and retires runners as it does agents: a retired runner hands over its
+steps in flight and partial segments, one retired before its actor started just goes.
 
 Ray is imported here only inside functions: `import ga3c.ray_runner` works without it, and
 the core install and `--runner=threads` never need it.
@@ -217,6 +219,7 @@ class RemoteRunner(Worker):
         try:
             self._loop(ray)
         finally:
+            self._stats.end_source(self.name)
             with contextlib.suppress(Exception):
                 ray.get(self.actor.close.remote(), timeout=2.0)
             with contextlib.suppress(Exception):
@@ -231,7 +234,9 @@ class RemoteRunner(Worker):
         while True:
             call = pending.popleft()
             try:
-                result = self._get(ray, call.ref, seconds)
+                # A reset's reply brings nothing to hand over: a runner retired meanwhile (one
+                # the autotuner added whose actor has not started yet) does not wait for it.
+                result = self._get(ray, call.ref, seconds, or_retired=not call.step)
             except ray.exceptions.RayActorError as exc:
                 recovering_until = self._after_actor_error(ray, exc, recovering_until,
                                                            [call, *pending])
@@ -239,7 +244,9 @@ class RemoteRunner(Worker):
                 seconds = START_SECONDS
                 continue
             if result is None:
-                return
+                if self.stop_event.is_set():
+                    return
+                break  # retired while a reset was in flight
             seconds, recovering_until = CALL_SECONDS, None
             if isinstance(result, StepResult):
                 self._stats.add_round_trip(time.monotonic() - call.sent)
@@ -278,13 +285,7 @@ class RemoteRunner(Worker):
         now = time.monotonic()
         if recovering_until is None:
             self.deaths += 1
-            dropped, steps = sum(self.unsent), sum(c.step for c in lost)
-            self.unsent = [0] * len(self.unsent)  # the restarted actor's groups start afresh
-            self.dropped += dropped
-            self.lost_steps += steps
-            self._stats.add_dropped(dropped)
-            what = (f"{dropped} unsent transitions dropped, {steps} group steps in flight "
-                    "lost")
+            what = self._drop(lost)
             if self.deaths > self.max_restarts:
                 raise RunError(f"{self.name}: its Ray actor died {self.deaths} times, the "
                                f"last: {first_line(exc)} ({what})")
@@ -297,11 +298,21 @@ class RemoteRunner(Worker):
         self.stop_event.wait(POLL_SECONDS)  # restarting: ask again shortly
         return recovering_until
 
-    def _get(self, ray, ref, seconds: float):
-        """The call's result, or None if the service stopped first; RunError if the actor
-        does not answer within `seconds`."""
+    def _drop(self, lost: list[Call]) -> str:
+        """The actor died: count what it took with it (its groups' unsent transitions, the
+        steps among the `lost` calls), in this runner and in Stats; says what for the log."""
+        dropped, steps = sum(self.unsent), sum(c.step for c in lost)
+        self.unsent = [0] * len(self.unsent)  # a restarted actor's groups start afresh
+        self.dropped += dropped
+        self.lost_steps += steps
+        self._stats.add_dropped(dropped)
+        return f"{dropped} unsent transitions dropped, {steps} group steps in flight lost"
+
+    def _get(self, ray, ref, seconds: float, or_retired: bool = False):
+        """The call's result, or None if the service stopped first (or, `or_retired`, this
+        runner was retired); RunError if the actor does not answer within `seconds`."""
         deadline = time.monotonic() + seconds
-        while not self.stop_event.is_set():
+        while not (self.stopping if or_retired else self.stop_event.is_set()):
             try:  # (one call, not ray.wait then ray.get: this is once per group step)
                 return ray.get(ref, timeout=POLL_SECONDS)
             except ray.exceptions.GetTimeoutError:
@@ -314,16 +325,29 @@ class RemoteRunner(Worker):
 
     def _retire(self, ray, pending) -> None:
         """Retired while the service runs on: the steps in flight and the partial segments
-        still reach training."""
-        for call in pending:
-            result = self._get(ray, call.ref, CALL_SECONDS)
-            if result is None:
-                return
-            if isinstance(result, StepResult):
-                self.unsent[call.group] = result.unsent
+        still reach training. Resets in flight are not waited for: they carry no
+        transitions (a runner retired before its actor started has only those, and nothing
+        to flush). An actor that dies meanwhile is counted and logged as at any death, and
+        the runner ends: nothing to restart it for."""
+        steps = collections.deque(c for c in pending if c.step)
+        try:
+            while steps:
+                result = self._get(ray, steps[0].ref, CALL_SECONDS)
+                if result is None:
+                    return
+                self.unsent[steps.popleft().group] = result.unsent
                 if not deliver(result, self._stats, self._training_queue, self, self.name):
                     return
-        for part in self._get(ray, self.actor.flush.remote(), CALL_SECONDS) or []:
+            if not any(self.unsent):
+                return
+            parts = self._get(ray, self.actor.flush.remote(), CALL_SECONDS)
+        except ray.exceptions.RayActorError as exc:
+            log(f"{self.name}: its Ray actor died as the runner retired ({first_line(exc)}); "
+                f"{self._drop(list(steps))}")
+            return
+        if parts is None:
+            return
+        self.unsent = [0] * len(self.unsent)
+        for part in parts:
             if not put_until_stopped(self._training_queue, part, self):
                 return
-        self.unsent = [0] * len(self.unsent)

@@ -43,6 +43,7 @@ class Snapshot:
     loss_count: int
     # env steps per source (a Ray runner's name); empty when nothing reports a source
     source_steps: dict[str, int] = dataclasses.field(default_factory=dict)
+    ended_sources: frozenset[str] = frozenset()  # runners gone (retired by the autotuner)
 
 
 @dataclasses.dataclass
@@ -129,6 +130,7 @@ class Stats:
         self._loss_sums: dict[str, float] = collections.defaultdict(float)
         self._loss_count = 0
         self._source_steps: dict[str, int] = collections.defaultdict(int)
+        self._ended_sources: set[str] = set()
         # (round_trips count after it, seconds): bounded even if nobody reads them
         self._round_trips: collections.deque = collections.deque(maxlen=MAX_ROUND_TRIPS)
         self._start_seconds = start_seconds
@@ -173,6 +175,12 @@ class Stats:
                 self._counts["episodes"] += 1
                 if self._csv is not None:
                     self._csv.writerow([f"{wall:.3f}", steps, ret, length])
+
+    def end_source(self, source: str) -> None:
+        """`source` (a Ray runner) reports no more: windows after its last steps leave it
+        out, so runners the autotuner retired do not pile up on the console at 0/s."""
+        with self._lock:
+            self._ended_sources.add(source)
 
     def add_round_trip(self, seconds: float) -> None:
         """A Ray runner's group step took `seconds` from sending actions to having the next
@@ -233,7 +241,8 @@ class Stats:
             if self._csv_file is not None:
                 self._csv_file.flush()
             return Snapshot(time.monotonic(), dict(self._counts), dict(self._loss_sums),
-                            self._loss_count, dict(self._source_steps))
+                            self._loss_count, dict(self._source_steps),
+                            frozenset(self._ended_sources))
 
     def window(self, since: Snapshot | None = None, until: Snapshot | None = None) -> Window:
         """What happened between two snapshots (default: since `restart_clock()`, until now).
@@ -269,8 +278,9 @@ class Stats:
             policy_lag_p95=float(np.percentile(lags, 95)) if len(lags) else None,
             losses=losses,
             rss_mib=rss_mib(),
-            source_env_steps_per_s={k: (v - since.source_steps.get(k, 0)) / dt
-                                    for k, v in until.source_steps.items()},
+            source_env_steps_per_s={
+                k: (v - since.source_steps.get(k, 0)) / dt for k, v in until.source_steps.items()
+                if k not in until.ended_sources or v > since.source_steps.get(k, 0)},
             round_trip_p50=float(np.percentile(trips, 50)) if trips else None,
             round_trip_p95=float(np.percentile(trips, 95)) if trips else None,
             dropped_transitions=d["dropped_transitions"],

@@ -1,7 +1,7 @@
 """`--runner=ray`: Ray actor env runners feeding the central predictor and trainers.
 
-The runner's own bookkeeping (`EnvRunner`) and the refusals (no ray package, a bad address,
---autotune) are checked without Ray; the tests that start one (`ray_module`) are skipped when
+The runner's own bookkeeping (`EnvRunner`, a death's count) and the refusals (no ray
+package, a bad address, too few --max_agents for --autotune) are checked without Ray; the tests that start one (`ray_module`) are skipped when
 the `ray` package is not installed (`pip install -e '.[ray]'`). Each test that starts a Ray
 pays its start-up (10-15 s on a loaded 2-core machine). The ones that run ga3c-train with a
 Ray: a CartPole run that trains, a runner killed mid-run (`ray.kill`) and restarted, and
@@ -184,7 +184,8 @@ def test_runner_ray_without_the_package_is_one_line_and_exit_2(tmp_path, monkeyp
 
 @pytest.mark.parametrize("args, needle", [
     (["--num_runners=0"], "num_runners=0"),
-    (["--autotune"], "autotune=True: must be false with --runner=ray"),
+    (["--autotune", "--num_runners=3", "--max_agents=2"],
+     "max_agents=2: must be >= num_runners=3 (with --autotune)"),
 ])
 def test_runner_ray_bad_config_is_one_line(tmp_path, args, needle):
     proc = train_cli(*TINY, f"--logdir={tmp_path / 'run'}", "--runner=ray", *args)
@@ -369,41 +370,58 @@ def test_cartpole_solves_through_ray_runners_on_a_local_ray_of_2_cpus(tmp_path, 
 
 
 class RecordingRunner(RemoteRunner):
-    """A runner that keeps every segment it delivers (`deliver`: put on the training queue,
-    or not if the run stopped first) with its actor's deaths before it, and, before its
-    actor is killed at the end, its last actor's raw env streams. Put in place of
-    `ga3c.ray_runner.RemoteRunner` (where the pipeline finds it) with `recording_deliver`."""
+    """A runner that keeps every segment it puts on the training queue (and any the stop
+    kept off it) with its actor's deaths before it, and, before its actor is killed at the
+    end, its last actor's raw env streams. Put in place of `ga3c.ray_runner.RemoteRunner`
+    (where the pipeline finds it), with `recording_deliver` in place of its `deliver`."""
 
     made: list["RecordingRunner"] = []  # every one made, in order (reset by the test)
-    progress = threading.Condition()  # notified at each segment delivered
+    progress = threading.Condition()  # notified at each segment
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.segments: list[tuple[int, Transitions, bool]] = []  # (deaths, segment, put)
         self.raw = None
+        self.retired = False  # its loop ended before the run's stop (it was retired)
+        self._training_queue = _Recording(self._training_queue, self)
         with RecordingRunner.progress:
             RecordingRunner.made.append(self)
 
     def _loop(self, ray) -> None:
         super()._loop(ray)
+        self.retired = not self.stop_event.is_set()
         self.raw = ray.get(self.actor.__ray_call__.remote(
             lambda runner: [g.envs.env.raw for g in runner.groups]), timeout=30)
+
+    def record(self, segment: Transitions, put: bool) -> None:
+        with RecordingRunner.progress:
+            self.segments.append((self.deaths, segment, put))
+            RecordingRunner.progress.notify_all()
 
     def rows(self, deaths: int) -> Transitions:
         """The transitions put on the training queue after `deaths` deaths."""
         return Transitions.concatenate([t for d, t, put in self.segments if d == deaths and put])
 
     def built(self) -> int:
-        """Transitions in the segments it delivered, put or not."""
+        """Transitions in the segments it put on the queue, or the stop kept off it."""
         return sum(len(t) for _, t, _ in self.segments)
+
+
+class _Recording:
+    """A runner's training queue, as the runner sees it."""
+
+    def __init__(self, queue, runner: RecordingRunner) -> None:
+        self._queue, self._runner = queue, runner
+
+    def put(self, item, timeout=None) -> None:
+        self._queue.put(item, timeout=timeout)  # queue.Full: not put, not recorded
+        self._runner.record(item, put=True)
 
 
 def recording_deliver(result, stats, training_queue, worker, source=None) -> bool:
     put = deliver(result, stats, training_queue, worker, source)
-    if result.segment is not None:
-        with RecordingRunner.progress:
-            worker.segments.append((worker.deaths, result.segment, put))
-            RecordingRunner.progress.notify_all()
+    if not put and result.segment is not None:  # the run stopped before it was put
+        worker.record(result.segment, put=False)
     return put
 
 
@@ -507,3 +525,91 @@ def test_a_runner_killed_mid_run_is_restarted_and_nothing_else_is_lost(tmp_path,
     for raw, seed in zip(victim.raw, new_seeds):
         assert_matches_reference(by_time(select(rows, rows.states[:, 3] == seed)), raw,
                                  n_step, gamma, prefix=True)
+
+
+@pytest.mark.ray
+def test_a_runner_retired_before_its_actor_starts_just_goes(ray_module, monkeypatch):
+    """A runner the autotuner adds and retires before its actor could start (here: an actor
+    that needs more CPUs than the cluster has) ends at once, without an error, instead of
+    waiting START_SECONDS for an actor that brings nothing to hand over."""
+    import queue
+
+    monkeypatch.setattr("ga3c.ray_runner.ACTOR_CPUS", 64)  # never scheduled on 2 CPUs
+    stop, failure, stats = threading.Event(), Failure(), Stats()
+    predictors = PredictorGroup(FakePredict(), lambda: 0, stats, 16, 64, stop, failure)
+    training: queue.Queue = queue.Queue()
+    with ray_session("", 1):
+        runner = RemoteRunner(0, make_fake_envs, 4, 0, 3, 0.9, predictors, training, stats,
+                              stop, failure)
+        predictors.start(1)
+        runner.start()
+        deadline = time.monotonic() + 60
+        while runner.actor is None and time.monotonic() < deadline:  # its resets sent
+            time.sleep(0.05)
+        assert runner.actor is not None
+        retired_at = time.monotonic()
+        runner.retire.set()
+        runner.join(15)
+        took = time.monotonic() - retired_at
+        stop.set()
+        for t in predictors.threads:
+            t.join(5)
+    assert not runner.is_alive() and took < 15
+    assert not failure, failure.traceback
+    assert stats.env_steps == 0 and training.empty() and runner.unsent == [0, 0]
+
+
+@pytest.mark.ray
+def test_autotune_adds_and_retires_ray_runners(tmp_path, ray_module, monkeypatch):
+    """`--runner=ray --autotune` from one runner, at most two: the tuner's first trial adds
+    runner-1 and retires it (its undo), which hands over everything it built (env steps =
+    transitions on the training queue, none held, none dropped); the run ends cleanly with
+    the tuner's decision logged and no process of its Ray left."""
+    monkeypatch.setattr("ga3c.ray_runner.RemoteRunner", RecordingRunner)
+    monkeypatch.setattr("ga3c.ray_runner.deliver", recording_deliver)
+    monkeypatch.setattr(RecordingRunner, "made", [])
+    made, services = RecordingRunner.made, []
+    import ga3c.cli
+
+    original = ga3c.cli.StopSignals.hand_over
+
+    def hand_over(signals, service):
+        original(signals, service)
+        services.append(service)
+        driver.start()
+
+    def drive():  # stop once the tuner decided on its first trial (runner-1 came and went)
+        service = services[0]
+        deadline = time.monotonic() + 150
+        while not service.autotuner.decisions and time.monotonic() < deadline:
+            if service.stop_event.wait(0.2):
+                return
+        service.request_stop("test: done")
+
+    driver = threading.Thread(target=drive, daemon=True)
+    monkeypatch.setattr(ga3c.cli.StopSignals, "hand_over", hand_over)
+    logdir = tmp_path / "run"
+    with new_descendants() as seen:
+        proc = train_cli(*TINY, f"--logdir={logdir}",
+                         "--env=tests.fake_vector_env:TaggedFakeVector-v0", "--runner=ray",
+                         "--num_runners=1", "--autotune", "--max_agents=2",
+                         "--autotune_window_seconds=3", "--num_trainers=1", "--max_trainers=1",
+                         "--max_predictors=1", "--max_seconds=180")
+    driver.join(10)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stopped (test: done)" in proc.stdout, proc.stdout[-3000:]
+    assert re.search(r"autotune: agents 1 -> 2: throughput/s .* (kept|undone); now agents=",
+                     proc.stdout), proc.stdout[-3000:]
+    assert "autotune: final layout agents=" in proc.stdout
+    assert checkpoint_counters(logdir)[0] > 0
+    steps = proc.service.stats.snapshot().source_steps
+    assert [r.name for r in made[:2]] == ["runner-0", "runner-1"]
+    added = made[1]
+    assert added.retired and steps[added.name] > 0  # it ran, then was retired
+    assert added.unsent == [0, 0] and added.dropped == 0
+    assert all(put for _, _, put in added.segments)
+    assert steps[added.name] == added.built()
+    for runner in made:  # the others: nothing lost but what they held at the stop
+        assert steps.get(runner.name, 0) == runner.built() + sum(runner.unsent)
+    assert not ray_module.is_initialized()
+    assert_all_gone(seen)

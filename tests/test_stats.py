@@ -89,6 +89,14 @@ def test_ray_runners_rates_and_round_trips_are_per_window():
         stats.add_env_steps(1, np.zeros(0), np.zeros(0), source=f"runner-{i}")
     assert "runner env/s min " in stats.window(a).runners_text()
     assert "(6)" in stats.window(a).runners_text()
+    # a runner that ended (retired) is left out of windows after its last steps
+    stats.end_source("runner-5")
+    assert "(6)" in stats.window(a).runners_text()  # its steps are in this one
+    c = stats.snapshot()
+    stats.add_env_steps(1, np.zeros(0), np.zeros(0), source="runner-4")
+    assert set(stats.window(c).source_env_steps_per_s) == {f"runner-{i}" for i in
+                                                           (0, 2, 10, 3, 4)}
+    assert stats.snapshot().source_steps["runner-5"] == 1  # still counted
 
 
 def test_dropped_transitions_are_counted_and_shown_only_when_some_were():
