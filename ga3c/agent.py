@@ -166,6 +166,7 @@ class Agent(Worker):
         self._episodic_life = episodic_life
         # A stream of its own: the envs are seeded with `seed` too (gymnasium's np_random).
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+        self.started = threading.Event()  # its envs are made and reset: it steps from now
 
     def work(self) -> None:
         envs = self._make_envs()
@@ -178,6 +179,7 @@ class Agent(Worker):
     def _loop(self, stepper: EnvStepper) -> None:
         slot = ReplySlot()
         obs = stepper.reset(self._seed)
+        self.started.set()
         while not self.stopping:
             reply = self._predictors.predict(obs, slot, self)
             if reply is None:

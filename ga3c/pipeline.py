@@ -84,6 +84,11 @@ class Pipeline:
         if len(active) > 1:
             active[-1].retire.set()
 
+    def settled(self) -> bool:
+        """Every working agent has started (made its envs; a Ray runner: its actor has
+        answered), so a rate measured now is this layout's (see `ga3c.autotune`)."""
+        return all(a.started.is_set() for a in self.agents if not a.retire.is_set())
+
     def counts(self) -> dict[str, int]:
         """Threads currently working (not retiring), per kind ("agents": the Ray runners
         with --runner=ray, which the autotuner moves as it moves agents)."""

@@ -209,6 +209,7 @@ class RemoteRunner(Worker):
         self.unsent = [0] * len(sizes)
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         self.actor = None
+        self.started = threading.Event()  # its actor answered (started, envs made)
 
     def work(self) -> None:
         import ray
@@ -247,6 +248,7 @@ class RemoteRunner(Worker):
                 if self.stop_event.is_set():
                     return
                 break  # retired while a reset was in flight
+            self.started.set()
             seconds, recovering_until = CALL_SECONDS, None
             if isinstance(result, StepResult):
                 self._stats.add_round_trip(time.monotonic() - call.sent)
@@ -292,7 +294,10 @@ class RemoteRunner(Worker):
             log(f"{self.name}: its Ray actor died ({first_line(exc)}); {what}; Ray restarts "
                 f"it ({self.deaths} of at most {self.max_restarts})")
             return now + START_SECONDS
-        if isinstance(exc, ray.exceptions.ActorDiedError) or now > recovering_until:
+        # ActorDiedError (Rays since 2024): gone for good. Older ones raise a plain RayActorError
+        # while the actor restarts too: asked again until recovery gives up.
+        if (isinstance(exc, getattr(ray.exceptions, "ActorDiedError", ()))
+                or now > recovering_until):
             raise RunError(f"{self.name}: its Ray actor did not come back after dying: "
                            f"{first_line(exc)}")
         self.stop_event.wait(POLL_SECONDS)  # restarting: ask again shortly

@@ -97,15 +97,11 @@ def build_service(config: Config, env_spec: EnvSpec, stop: threading.Event | Non
     pipeline = Pipeline(config, learner.predict, learner.train, lambda: learner.version, stats,
                         stop, failure, seed)
     p = config.pipeline
-    # A Ray runner the tuner adds starts a process (imports, envs) before it steps: a trial
-    # settles for as long as it measures (up to 10 s), or it would measure mostly the wait.
-    settle = min(10.0, p.autotune_window_seconds) if p.runner == "ray" else None
     autotuner = Autotuner(
         pipeline, stats,
         {"agents": (1, p.max_agents), "predictors": (1, p.max_predictors),
          "trainers": (1, p.max_trainers)},
-        p.autotune_window_seconds, p.autotune_margin, log, stop, failure,
-        settle_seconds=settle) if p.autotune else None
+        p.autotune_window_seconds, p.autotune_margin, log, stop, failure) if p.autotune else None
     return Service(config, run_dir, learner, checkpointer, stats, pipeline, autotuner,
                    resumed, stop, failure)
 
