@@ -1,11 +1,12 @@
 """`--runner=ray`: Ray actor env runners feeding the central predictor and trainers.
 
 The runner's own bookkeeping (`EnvRunner`, a death's count) and the refusals (no ray
-package, a bad address, too few --max_agents for --autotune) are checked without Ray; the tests that start one (`ray_module`) are skipped when
-the `ray` package is not installed (`pip install -e '.[ray]'`). Each test that starts a Ray
-pays its start-up (10-15 s on a loaded 2-core machine). The ones that run ga3c-train with a
-Ray: a CartPole run that trains, a runner killed mid-run (`ray.kill`) and restarted, and
-CartPole solved through two runners on a local Ray of 2 CPUs (also `slow`).
+package, a bad address, too few --max_agents for --autotune) are checked without Ray; the
+tests that start one (`ray_module`) are skipped when the `ray` package is not installed
+(`pip install -e '.[ray]'`). Each test that starts a Ray pays its start-up (10-15 s on a
+loaded 2-core machine). The ones that run ga3c-train with a Ray: a CartPole run that trains,
+a runner killed mid-run (`ray.kill`) and restarted, runners added and retired by
+--autotune, and CartPole solved through two runners on a local Ray of 2 CPUs (also `slow`).
 """
 
 import contextlib
