@@ -39,7 +39,9 @@ def train(config: Config, stop=None, *, env_spec=None, hand_over=None):
     if p.runner == "ray":  # connected (a bad address refused) before the model is built
         from ga3c.ray_runner import ray_session
 
-        session = ray_session(p.ray_address, p.num_runners)
+        # a local Ray gets a CPU for each runner the autotuner may add, too
+        session = ray_session(p.ray_address, max(p.num_runners, p.max_agents) if p.autotune
+                              else p.num_runners)
     else:
         session = contextlib.nullcontext()
     with session:  # a Ray this run started is shut down when it ends

@@ -60,6 +60,10 @@ class StepResult(NamedTuple):
     steps: int  # env steps that count (transitions: not the autoreset steps)
     returns: np.ndarray  # of the episodes that ended at this step
     lengths: np.ndarray
+    # Transitions the stepper holds after this step, in segments not full yet: a Ray runner's
+    # learner side keeps the latest per group, so an actor's death counts exactly what it
+    # took with it (its segments' rows, never delivered; their env steps were counted).
+    unsent: int = 0
 
 
 def deliver(result: StepResult, stats, training_queue, worker: Worker,
@@ -135,7 +139,8 @@ class EnvStepper:
                                              valid, ids[rows])
         segment = builder.flush(builder.full_envs()) if builder.full else None
         self._begin(obs, info)
-        return StepResult(obs, segment, int(np.count_nonzero(valid)), returns, lengths)
+        return StepResult(obs, segment, int(np.count_nonzero(valid)), returns, lengths,
+                          builder.held)
 
     def flush(self) -> Transitions | None:
         """Every env's partial segment (a retiring agent's last transitions); None if none."""
@@ -161,6 +166,7 @@ class Agent(Worker):
         self._episodic_life = episodic_life
         # A stream of its own: the envs are seeded with `seed` too (gymnasium's np_random).
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+        self.started = threading.Event()  # its envs are made and reset: it steps from now
 
     def work(self) -> None:
         envs = self._make_envs()
@@ -173,6 +179,7 @@ class Agent(Worker):
     def _loop(self, stepper: EnvStepper) -> None:
         slot = ReplySlot()
         obs = stepper.reset(self._seed)
+        self.started.set()
         while not self.stopping:
             reply = self._predictors.predict(obs, slot, self)
             if reply is None:

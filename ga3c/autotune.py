@@ -20,11 +20,15 @@ neither is throughput that lasts, and the minimum counts neither.
 Comparing the trial with windows on both sides of it cancels a steady drift of the machine
 (here its speed wanders by up to 1.7x within half an hour), which a before/after comparison
 would take for an effect of the change. Removing a thread never loses work: a retired agent
-finishes its step and sends its partial segment, a retired predictor hands back a request it
-holds, a retired trainer puts its batch back on the queue.
+finishes its step and sends its partial segment (a retired Ray runner, with `--runner=ray` the
+"agents", its steps in flight and partial segments), a retired predictor hands back a request
+it holds, a retired trainer puts its batch back on the queue.
 
-Pure Python (no TensorFlow): `pipeline` needs `counts()` and `resize(knob, delta)`, `stats`
-`snapshot()` and `window(a, b).throughput` (`ga3c.stats`: the one definition of throughput).
+Pure Python (no TensorFlow): `pipeline` needs `counts()` and `resize(knob, delta)`, and may
+have `settled()` (False while a thread it started is not working yet: a Ray runner's actor
+starts a process, imports and makes its envs, seconds or more on a cluster; a window is
+measured only once it is True, or after READY_SECONDS), `stats` `snapshot()` and
+`window(a, b).throughput` (`ga3c.stats`: the one definition of throughput).
 Every time read and every wait goes through a `Clock` (the real one unless given): the tests
 run the tuner on `ga3c.fakes.FakeClock`, a minute of tuning in milliseconds, no real sleeps.
 """
@@ -41,6 +45,7 @@ from ga3c.threads import Failure, Worker
 KNOBS = ("agents", "trainers", "predictors")
 MOVES = tuple((knob, delta) for knob in KNOBS for delta in (+1, -1))
 WAIT_SECONDS = 0.25  # longest one wait lasts before the tuner looks at freeze and retire
+READY_SECONDS = 60.0  # longest the tuner waits for the pipeline's new threads to work
 
 
 class Clock(Protocol):
@@ -122,9 +127,21 @@ class Autotuner(Worker):
             self._clock.wait(self.stop_event, min(left, WAIT_SECONDS))
         return False
 
+    def _ready(self) -> bool:
+        """Wait until the pipeline's threads all work (see the module docstring), at most
+        READY_SECONDS (then a thread that cannot start is measured as it is: not working);
+        False if the tuner should end."""
+        settled = getattr(self._pipeline, "settled", None)
+        deadline = self._clock.monotonic() + READY_SECONDS
+        while settled is not None and not settled() and self._clock.monotonic() < deadline:
+            if not self._sleep(WAIT_SECONDS):
+                return False
+        return True
+
     def _measure(self) -> float | None:
-        """Throughput over one window after settling (None if stopped meanwhile)."""
-        if not self._sleep(self._settle):
+        """Throughput over one window once the pipeline's threads work and have settled
+        (None if stopped meanwhile)."""
+        if not (self._ready() and self._sleep(self._settle)):
             return None
         before = self._stats.snapshot()
         if not self._sleep(self._window):

@@ -89,14 +89,15 @@ def define_flags(fv: flags.FlagValues) -> None:
                          "Bound of the prediction queue (requests).", flag_values=fv)
     flags.DEFINE_integer("training_queue_size", p.training_queue_size,
                          "Bound of the training queue (segments).", flag_values=fv)
-    flags.DEFINE_bool("autotune", p.autotune, "Adjust agents/predictors/trainers while "
-                      "training, one at a time, keeping changes that raise throughput.",
-                      flag_values=fv)
+    flags.DEFINE_bool("autotune", p.autotune, "Adjust agents (Ray runners with --runner=ray)"
+                      "/predictors/trainers while training, one at a time, keeping changes "
+                      "that raise throughput.", flag_values=fv)
     flags.DEFINE_float("autotune_window_seconds", p.autotune_window_seconds,
                        "Autotune: seconds measured per setting.", flag_values=fv)
     flags.DEFINE_float("autotune_margin", p.autotune_margin,
                        "Autotune: relative gain a change must bring to be kept.", flag_values=fv)
-    flags.DEFINE_integer("max_agents", p.max_agents, "Autotune: most agents.", flag_values=fv)
+    flags.DEFINE_integer("max_agents", p.max_agents, "Autotune: most agents (Ray runners with "
+                         "--runner=ray).", flag_values=fv)
     flags.DEFINE_integer("max_predictors", p.max_predictors, "Autotune: most predictors.",
                          flag_values=fv)
     flags.DEFINE_integer("max_trainers", p.max_trainers, "Autotune: most trainers.",

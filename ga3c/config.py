@@ -104,6 +104,8 @@ class PipelineConfig:
     training_queue_size: int = 64
     # Dynamic adjustment (ga3c.autotune): move one of agents / predictors / trainers by one,
     # measure env steps/s over a window, keep the change if it helped by `autotune_margin`.
+    # With runner "ray" the agents are the Ray runners (`max_agents` bounds them too; each
+    # one more needs a free CPU in the cluster, which a local Ray is sized for).
     autotune: bool = False
     autotune_window_seconds: float = 10.0
     autotune_margin: float = 0.05
@@ -191,11 +193,10 @@ class Config:
         check(p.num_trainers >= 1, "num_trainers", p.num_trainers, ">= 1")
         check(p.runner in RUNNERS, "runner", p.runner, " or ".join(repr(x) for x in RUNNERS))
         check(p.num_runners >= 1, "num_runners", p.num_runners, ">= 1")
-        check(not (p.runner == "ray" and p.autotune), "autotune", p.autotune,
-              "false with --runner=ray (autotuning Ray runners is not supported yet)")
         for knob in ("agents", "predictors", "trainers") if p.autotune else ():
-            start, top = getattr(p, f"num_{knob}"), getattr(p, f"max_{knob}")
-            check(top >= start, f"max_{knob}", top, f">= num_{knob}={start} (with --autotune)")
+            first = "num_runners" if knob == "agents" and p.runner == "ray" else f"num_{knob}"
+            start, top = getattr(p, first), getattr(p, f"max_{knob}")
+            check(top >= start, f"max_{knob}", top, f">= {first}={start} (with --autotune)")
         check(finite(p.autotune_window_seconds) and p.autotune_window_seconds >= 1,
               "autotune_window_seconds", p.autotune_window_seconds, ">= 1")
         check(finite(p.autotune_margin) and 0 <= p.autotune_margin < 1, "autotune_margin",

@@ -78,13 +78,20 @@ class Pipeline:
         agent.start()
 
     def retire_agent(self) -> None:
-        """The newest agent finishes its step, sends its partial segment, closes its envs."""
+        """The newest agent finishes its step, sends its partial segment, closes its envs (a
+        Ray runner: its steps in flight and partial segments, then its actor goes)."""
         active = [a for a in self.agents if not a.retire.is_set()]
         if len(active) > 1:
             active[-1].retire.set()
 
+    def settled(self) -> bool:
+        """Every working agent has started (made its envs; a Ray runner: its actor has
+        answered), so a rate measured now is this layout's (see `ga3c.autotune`)."""
+        return all(a.started.is_set() for a in self.agents if not a.retire.is_set())
+
     def counts(self) -> dict[str, int]:
-        """Threads currently working (not retiring), per kind."""
+        """Threads currently working (not retiring), per kind ("agents": the Ray runners
+        with --runner=ray, which the autotuner moves as it moves agents)."""
         return {"agents": sum(not a.retire.is_set() for a in self.agents),
                 "predictors": len(self.predictors.active()),
                 "trainers": len(self.trainers.active())}

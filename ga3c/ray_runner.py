@@ -14,6 +14,8 @@ does, samples the actions like an agent and sends them back, and puts the transi
 training queue and the episodes into `Stats`. The round trip is hidden by keeping every group
 in flight: while the actor steps group 0 (a sync actor runs its calls in order), the thread
 has group 1's observations predicted, so env stepping overlaps inference and transfer.
+`--autotune` adds and retires runners as it does agents: a retired runner hands over its
+steps in flight and partial segments, one retired before its actor started just goes.
 
 Ray is imported here only inside functions: `import ga3c.ray_runner` works without it, and
 the core install and `--runner=threads` never need it.
@@ -29,7 +31,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -160,6 +162,15 @@ class EnvRunner:
                 g.close()
 
 
+class Call(NamedTuple):
+    """A call to the actor in flight: group `group`'s reset (`step` False) or step."""
+
+    group: int
+    ref: object  # its ray.ObjectRef
+    sent: float  # time.monotonic() when it was sent
+    step: bool
+
+
 class RemoteRunner(Worker):
     """A learner-side thread that drives one `EnvRunner` actor (see the module docstring).
 
@@ -167,8 +178,13 @@ class RemoteRunner(Worker):
     Group g of runner `index` is seeded `seed + (envs before it)`, so a runner's envs get the
     seeds an agent with the same envs would give them. An actor that dies (its process or
     node lost) is counted, logged and restarted by Ray up to MAX_RESTARTS times; its groups
-    start new episodes with fresh seeds and the transitions it held are lost. Any other
-    exception (an env's, in the actor) fails the run like an agent's.
+    start new episodes with fresh seeds. What it held is lost, and counted: the transitions
+    of its groups' unfinished segments (`StepResult.unsent` of each group's latest reply:
+    built from env steps already counted, never delivered; `dropped`, also in `Stats`), and
+    the group steps in flight (`lost_steps`: their env steps were never counted, and whether
+    the actor took them before it died is unknown). Nothing else: every segment it returned
+    is on the training queue. Any other exception (an env's, in the actor) fails the run
+    like an agent's.
     """
 
     def __init__(self, index: int, make_envs: Callable[[int], object], num_envs: int,
@@ -187,8 +203,13 @@ class RemoteRunner(Worker):
         self._stats = stats
         self.max_restarts = max_restarts
         self.deaths = 0  # actor deaths seen (each one restarted by Ray, up to max_restarts)
+        self.dropped = 0  # transitions lost with dead actors (see the class docstring)
+        self.lost_steps = 0  # group steps in flight when an actor died
+        # per group: the transitions its envs hold, as of its latest reply (0 after a reset)
+        self.unsent = [0] * len(sizes)
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         self.actor = None
+        self.started = threading.Event()  # its actor answered (started, envs made)
 
     def work(self) -> None:
         import ray
@@ -199,6 +220,7 @@ class RemoteRunner(Worker):
         try:
             self._loop(ray)
         finally:
+            self._stats.end_source(self.name)
             with contextlib.suppress(Exception):
                 ray.get(self.actor.close.remote(), timeout=2.0)
             with contextlib.suppress(Exception):
@@ -206,24 +228,31 @@ class RemoteRunner(Worker):
 
     def _loop(self, ray) -> None:
         slot = ReplySlot()
-        # Group g's call in flight, oldest first; the actor answers them in this order.
+        # Calls in flight, oldest first; the actor answers them in this order.
         pending = collections.deque(self._resets(0))
         seconds = START_SECONDS
         recovering_until = None  # after an actor's death: until its groups are reset again
         while True:
-            group, ref, sent = pending.popleft()
+            call = pending.popleft()
             try:
-                result = self._get(ray, ref, seconds)
+                # A reset's reply brings nothing to hand over: a runner retired meanwhile (one
+                # the autotuner added whose actor has not started yet) does not wait for it.
+                result = self._get(ray, call.ref, seconds, or_retired=not call.step)
             except ray.exceptions.RayActorError as exc:
-                recovering_until = self._after_actor_error(ray, exc, recovering_until)
+                recovering_until = self._after_actor_error(ray, exc, recovering_until,
+                                                           [call, *pending])
                 pending = collections.deque(self._resets(self.deaths))
                 seconds = START_SECONDS
                 continue
             if result is None:
-                return
+                if self.stop_event.is_set():
+                    return
+                break  # retired while a reset was in flight
+            self.started.set()
             seconds, recovering_until = CALL_SECONDS, None
             if isinstance(result, StepResult):
-                self._stats.add_round_trip(time.monotonic() - sent)
+                self._stats.add_round_trip(time.monotonic() - call.sent)
+                self.unsent[call.group] = result.unsent
                 obs = result.obs
                 if not deliver(result, self._stats, self._training_queue, self, self.name):
                     return
@@ -235,44 +264,60 @@ class RemoteRunner(Worker):
             if reply is None:
                 return
             actions = sample_actions(reply.logits, self.rng)
-            pending.append((group, self.actor.step.remote(group, actions, reply.version),
-                            time.monotonic()))
+            pending.append(Call(call.group, self.actor.step.remote(call.group, actions,
+                                                                   reply.version),
+                                time.monotonic(), step=True))
         if not self.stop_event.is_set():
             self._retire(ray, pending)
 
-    def _resets(self, round_: int) -> list:
+    def _resets(self, round_: int) -> list[Call]:
         """Reset calls for every group; after a restart (`round_` > 0) with new seeds, so the
         restarted envs do not replay the episodes they played before."""
         shift = round_ * 1_000_003
-        return [(g, self.actor.reset.remote(g, (s + shift) % 2**31), time.monotonic())
-                for g, s in enumerate(self._seeds)]
+        return [Call(g, self.actor.reset.remote(g, (s + shift) % 2**31), time.monotonic(),
+                     step=False) for g, s in enumerate(self._seeds)]
 
-    def _after_actor_error(self, ray, exc: BaseException, recovering_until: float | None
-                           ) -> float:
-        """A call failed because the actor died or is restarting. The first error of a death
-        counts it (RunError past max_restarts); the calls that fail while Ray restarts the
-        actor are sent again, for at most START_SECONDS. Returns the time recovery gives up
-        at."""
+    def _after_actor_error(self, ray, exc: BaseException, recovering_until: float | None,
+                           lost: list[Call]) -> float:
+        """A call failed because the actor died or is restarting; `lost`: it and the calls
+        sent after it. The first error of a death counts it and what it took with it (see
+        the class docstring; RunError past max_restarts); the calls that fail while Ray
+        restarts the actor are sent again, for at most START_SECONDS. Returns the time
+        recovery gives up at."""
         now = time.monotonic()
         if recovering_until is None:
             self.deaths += 1
+            what = self._drop(lost)
             if self.deaths > self.max_restarts:
                 raise RunError(f"{self.name}: its Ray actor died {self.deaths} times, the "
-                               f"last: {first_line(exc)}")
-            log(f"{self.name}: its Ray actor died ({first_line(exc)}); Ray restarts it "
-                f"({self.deaths} of at most {self.max_restarts})")
+                               f"last: {first_line(exc)} ({what})")
+            log(f"{self.name}: its Ray actor died ({first_line(exc)}); {what}; Ray restarts "
+                f"it ({self.deaths} of at most {self.max_restarts})")
             return now + START_SECONDS
-        if isinstance(exc, ray.exceptions.ActorDiedError) or now > recovering_until:
+        # ActorDiedError (Rays since 2024): gone for good. Older ones raise a plain RayActorError
+        # while the actor restarts too: asked again until recovery gives up.
+        if (isinstance(exc, getattr(ray.exceptions, "ActorDiedError", ()))
+                or now > recovering_until):
             raise RunError(f"{self.name}: its Ray actor did not come back after dying: "
                            f"{first_line(exc)}")
         self.stop_event.wait(POLL_SECONDS)  # restarting: ask again shortly
         return recovering_until
 
-    def _get(self, ray, ref, seconds: float):
-        """The call's result, or None if the service stopped first; RunError if the actor
-        does not answer within `seconds`."""
+    def _drop(self, lost: list[Call]) -> str:
+        """The actor died: count what it took with it (its groups' unsent transitions, the
+        steps among the `lost` calls), in this runner and in Stats; says what for the log."""
+        dropped, steps = sum(self.unsent), sum(c.step for c in lost)
+        self.unsent = [0] * len(self.unsent)  # a restarted actor's groups start afresh
+        self.dropped += dropped
+        self.lost_steps += steps
+        self._stats.add_dropped(dropped)
+        return f"{dropped} unsent transitions dropped, {steps} group steps in flight lost"
+
+    def _get(self, ray, ref, seconds: float, or_retired: bool = False):
+        """The call's result, or None if the service stopped first (or, `or_retired`, this
+        runner was retired); RunError if the actor does not answer within `seconds`."""
         deadline = time.monotonic() + seconds
-        while not self.stop_event.is_set():
+        while not (self.stopping if or_retired else self.stop_event.is_set()):
             try:  # (one call, not ray.wait then ray.get: this is once per group step)
                 return ray.get(ref, timeout=POLL_SECONDS)
             except ray.exceptions.GetTimeoutError:
@@ -285,14 +330,29 @@ class RemoteRunner(Worker):
 
     def _retire(self, ray, pending) -> None:
         """Retired while the service runs on: the steps in flight and the partial segments
-        still reach training."""
-        for _, ref, _ in pending:
-            result = self._get(ray, ref, CALL_SECONDS)
-            if result is None:
+        still reach training. Resets in flight are not waited for: they carry no
+        transitions (a runner retired before its actor started has only those, and nothing
+        to flush). An actor that dies meanwhile is counted and logged as at any death, and
+        the runner ends: nothing to restart it for."""
+        steps = collections.deque(c for c in pending if c.step)
+        try:
+            while steps:
+                result = self._get(ray, steps[0].ref, CALL_SECONDS)
+                if result is None:
+                    return
+                self.unsent[steps.popleft().group] = result.unsent
+                if not deliver(result, self._stats, self._training_queue, self, self.name):
+                    return
+            if not any(self.unsent):
                 return
-            if isinstance(result, StepResult) and not deliver(
-                    result, self._stats, self._training_queue, self, self.name):
-                return
-        for part in self._get(ray, self.actor.flush.remote(), CALL_SECONDS) or []:
+            parts = self._get(ray, self.actor.flush.remote(), CALL_SECONDS)
+        except ray.exceptions.RayActorError as exc:
+            log(f"{self.name}: its Ray actor died as the runner retired ({first_line(exc)}); "
+                f"{self._drop(list(steps))}")
+            return
+        if parts is None:
+            return
+        self.unsent = [0] * len(self.unsent)
+        for part in parts:
             if not put_until_stopped(self._training_queue, part, self):
                 return

@@ -105,6 +105,13 @@ class NStepBuilder:
         """Most steps any env has recorded since its last flush."""
         return int(self._t.max())
 
+    @property
+    def held(self) -> int:
+        """Transitions recorded and not flushed yet: what `flush()` would return now, and
+        what is lost if the envs' process dies before it (a Ray runner's, counted then)."""
+        recorded = np.arange(self.n_step)[:, None] < self._t
+        return int(np.count_nonzero(self._valid & recorded))
+
     def reset(self, obs: np.ndarray, ids=None) -> None:
         """Start envs `ids` (default: all) from freshly reset observations."""
         ids = self._all if ids is None else np.asarray(ids)

@@ -305,6 +305,8 @@ class Service:
         if w.round_trip_p50 is not None:
             scalars["runners/round_trip_p50_ms"] = w.round_trip_p50 * 1e3
             scalars["runners/round_trip_p95_ms"] = w.round_trip_p95 * 1e3
+        if self.config.pipeline.runner == "ray":  # so far in this process: a step up per death
+            scalars["runners/dropped_transitions"] = w.total_dropped_transitions
         with writer.as_default(step=w.total_env_steps):
             for k, v in scalars.items():
                 tf.summary.scalar(k, v)

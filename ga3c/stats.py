@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 COUNTERS = ("env_steps", "episodes", "predict_calls", "predictions", "train_calls",
-            "train_samples", "round_trips")
+            "train_samples", "round_trips", "dropped_transitions")
 MAX_LAG_BATCHES = 10_000  # policy lags kept for windows: the latest training batches'
 MAX_ROUND_TRIPS = 100_000  # Ray runners' round-trip times kept for windows: the latest
 
@@ -43,6 +43,7 @@ class Snapshot:
     loss_count: int
     # env steps per source (a Ray runner's name); empty when nothing reports a source
     source_steps: dict[str, int] = dataclasses.field(default_factory=dict)
+    ended_sources: frozenset[str] = frozenset()  # runners gone (retired by the autotuner)
 
 
 @dataclasses.dataclass
@@ -71,6 +72,10 @@ class Window:
     source_env_steps_per_s: dict[str, float] = dataclasses.field(default_factory=dict)
     round_trip_p50: float | None = None
     round_trip_p95: float | None = None
+    # Transitions lost with Ray runner actors that died (built, never delivered): in this
+    # window, and in all of this process's training.
+    dropped_transitions: int = 0
+    total_dropped_transitions: int = 0
 
     @property
     def throughput(self) -> float:
@@ -91,19 +96,21 @@ class Window:
 
     def runners_text(self) -> str:
         """The Ray runners' part of the console line ("" under --runner=threads): each
-        runner's env steps/s (min/median/max past four runners) and the round trip."""
-        if not self.source_env_steps_per_s:
-            return ""
+        runner's env steps/s (min/median/max past four runners), the round trip, and the
+        transitions dropped with dead actors so far (only once there are some)."""
+        text = ""
         rates = self.source_env_steps_per_s
-        if len(rates) <= 4:
-            each = " ".join(f"{rates[k]:,.0f}" for k in sorted(rates, key=_natural))
-            text = f"  runner env/s {each}"
-        else:
+        if len(rates) > 4:
             lo, mid, hi = np.percentile(list(rates.values()), [0, 50, 100])
             text = f"  runner env/s min {lo:,.0f} med {mid:,.0f} max {hi:,.0f} ({len(rates)})"
+        elif rates:
+            each = " ".join(f"{rates[k]:,.0f}" for k in sorted(rates, key=_natural))
+            text = f"  runner env/s {each}"
         if self.round_trip_p50 is not None:
             text += (f"  rtt p50 {self.round_trip_p50 * 1e3:.1f} "
                      f"p95 {self.round_trip_p95 * 1e3:.1f} ms")
+        if self.total_dropped_transitions:
+            text += f"  dropped {self.total_dropped_transitions:,}"
         return text
 
 
@@ -123,6 +130,7 @@ class Stats:
         self._loss_sums: dict[str, float] = collections.defaultdict(float)
         self._loss_count = 0
         self._source_steps: dict[str, int] = collections.defaultdict(int)
+        self._ended_sources: set[str] = set()
         # (round_trips count after it, seconds): bounded even if nobody reads them
         self._round_trips: collections.deque = collections.deque(maxlen=MAX_ROUND_TRIPS)
         self._start_seconds = start_seconds
@@ -168,12 +176,23 @@ class Stats:
                 if self._csv is not None:
                     self._csv.writerow([f"{wall:.3f}", steps, ret, length])
 
+    def end_source(self, source: str) -> None:
+        """`source` (a Ray runner) reports no more: windows after its last steps leave it
+        out, so runners the autotuner retired do not pile up on the console at 0/s."""
+        with self._lock:
+            self._ended_sources.add(source)
+
     def add_round_trip(self, seconds: float) -> None:
         """A Ray runner's group step took `seconds` from sending actions to having the next
         observations back."""
         with self._lock:
             self._counts["round_trips"] += 1
             self._round_trips.append((self._counts["round_trips"], seconds))
+
+    def add_dropped(self, transitions: int) -> None:
+        """A Ray runner's actor died holding `transitions` it had built but not delivered."""
+        with self._lock:
+            self._counts["dropped_transitions"] += transitions
 
     def add_predictions(self, batch: int) -> None:
         with self._lock:
@@ -203,6 +222,10 @@ class Stats:
         return self._counts["episodes"]
 
     @property
+    def dropped_transitions(self) -> int:
+        return self._counts["dropped_transitions"]
+
+    @property
     def samples_trained(self) -> int:
         return self._counts["train_samples"]
 
@@ -218,7 +241,8 @@ class Stats:
             if self._csv_file is not None:
                 self._csv_file.flush()
             return Snapshot(time.monotonic(), dict(self._counts), dict(self._loss_sums),
-                            self._loss_count, dict(self._source_steps))
+                            self._loss_count, dict(self._source_steps),
+                            frozenset(self._ended_sources))
 
     def window(self, since: Snapshot | None = None, until: Snapshot | None = None) -> Window:
         """What happened between two snapshots (default: since `restart_clock()`, until now).
@@ -254,10 +278,13 @@ class Stats:
             policy_lag_p95=float(np.percentile(lags, 95)) if len(lags) else None,
             losses=losses,
             rss_mib=rss_mib(),
-            source_env_steps_per_s={k: (v - since.source_steps.get(k, 0)) / dt
-                                    for k, v in until.source_steps.items()},
+            source_env_steps_per_s={
+                k: (v - since.source_steps.get(k, 0)) / dt for k, v in until.source_steps.items()
+                if k not in until.ended_sources or v > since.source_steps.get(k, 0)},
             round_trip_p50=float(np.percentile(trips, 50)) if trips else None,
             round_trip_p95=float(np.percentile(trips, 95)) if trips else None,
+            dropped_transitions=d["dropped_transitions"],
+            total_dropped_transitions=until.counts["dropped_transitions"],
         )
 
     def close(self) -> None:

@@ -13,8 +13,9 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
-from ga3c.autotune import WAIT_SECONDS, Autotuner
+from ga3c.autotune import READY_SECONDS, WAIT_SECONDS, Autotuner
 from ga3c.config import Config
 from ga3c.fakes import FakeClock, FakePredict, FakeTrain
 from ga3c.stats import Stats
@@ -159,6 +160,36 @@ def test_a_drifting_machine_is_not_mistaken_for_a_better_layout():
     tuner, _ = run_tuner(pipeline, 20.0)
     assert len(tuner.decisions) >= 6 and not any(d.kept for d in tuner.decisions)
     assert pipeline.counts() == {"agents": 1, "predictors": 1, "trainers": 1}
+
+
+class SlowStartPipeline(SimulatedPipeline):
+    """An agent added works (and `settled()` says so) `start_seconds` later, as a Ray
+    runner's actor starts; 1,000 env steps/s per working agent."""
+
+    def __init__(self, start_seconds: float) -> None:
+        super().__init__(lambda layout: 1_000 * (layout["agents"] - (not self.settled())))
+        self.start_seconds, self.ready_at = start_seconds, 0.0
+
+    def resize(self, knob: str, delta: int) -> None:
+        super().resize(knob, delta)
+        if knob == "agents":
+            self.ready_at = self.clock.monotonic() + self.start_seconds if delta > 0 else 0.0
+
+    def settled(self) -> bool:
+        return self.clock.monotonic() >= self.ready_at
+
+
+@pytest.mark.parametrize("start_seconds, kept", [(5.0, True), (1e9, False)])
+def test_a_trial_is_measured_once_the_new_agent_works(start_seconds, kept):
+    """A trial's window starts once the pipeline has `settled()` (its new agent works), not
+    a fixed settle time after the move: an agent that takes 5 s to start is measured working
+    (and kept: 2,000 > 1,000); one that never starts is measured after READY_SECONDS as it
+    is, adding nothing (undone), and the tuner goes on."""
+    pipeline = SlowStartPipeline(start_seconds)
+    tuner, _ = run_tuner(pipeline, 2.5 * READY_SECONDS, bounds={**BOUNDS, "agents": (1, 2)})
+    first = tuner.decisions[0]
+    assert (first.knob, first.before, first.after, first.kept) == ("agents", 1, 2, kept)
+    assert (first.base_rate, first.trial_rate) == (1_000, 2_000 if kept else 1_000)
 
 
 def test_on_the_real_clock_by_default_freeze_and_stop_end_a_long_wait():

@@ -89,3 +89,29 @@ def test_ray_runners_rates_and_round_trips_are_per_window():
         stats.add_env_steps(1, np.zeros(0), np.zeros(0), source=f"runner-{i}")
     assert "runner env/s min " in stats.window(a).runners_text()
     assert "(6)" in stats.window(a).runners_text()
+    # a runner that ended (retired) is left out of windows after its last steps
+    stats.end_source("runner-5")
+    assert "(6)" in stats.window(a).runners_text()  # its steps are in this one
+    c = stats.snapshot()
+    stats.add_env_steps(1, np.zeros(0), np.zeros(0), source="runner-4")
+    assert set(stats.window(c).source_env_steps_per_s) == {f"runner-{i}" for i in
+                                                           (0, 2, 10, 3, 4)}
+    assert stats.snapshot().source_steps["runner-5"] == 1  # still counted
+
+
+def test_dropped_transitions_are_counted_and_shown_only_when_some_were():
+    """Transitions lost with dead Ray runner actors: per window and in all, on the console
+    (after the runners' rates) only once there are some."""
+    stats = Stats(None)
+    stats.add_env_steps(100, np.zeros(0), np.zeros(0), source="runner-0")
+    w = stats.window()
+    assert w.dropped_transitions == w.total_dropped_transitions == 0
+    assert "dropped" not in w.console_line({"predict": 0})
+    stats.add_dropped(37)
+    a = stats.snapshot()
+    stats.add_dropped(5)
+    w = stats.window(a)
+    assert (w.dropped_transitions, w.total_dropped_transitions) == (5, 42)
+    assert stats.dropped_transitions == 42
+    assert w.runners_text().endswith("  dropped 42")
+    assert w.console_line({"predict": 0}).endswith("  dropped 42")
