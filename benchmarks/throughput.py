@@ -3,16 +3,29 @@
     python benchmarks/throughput.py --flagfile=configs/cartpole.cfg --seconds=30
     python benchmarks/throughput.py --flagfile=configs/cartpole.cfg --seconds=20 \\
         --sweep=num_agents=1,2,4 --sweep=num_trainers=1,2 --json=throughput.json
+    python benchmarks/throughput.py --flagfile=configs/pong.cfg --seconds=30 \\
+        --sweep=runner=threads,ray
 
 Any ga3c-train flag may follow. For each configuration (the grid of every `--sweep`, or just
 the flags given) it runs, one after another in this process:
 
 1. the **pipeline**: the real service (agents, predictors, trainers, the real model) for
    `--warmup` seconds, then measures `--seconds` seconds;
-2. the **env-only ceiling**: the same agents, envs and thread layout with a model that costs
-   nothing (uniform random actions, training discarded);
+2. the **env-only ceiling**: the same agents (or Ray runners), envs and thread layout with a
+   model that costs nothing (uniform random actions, training discarded);
 3. the **predict-only** and **train-only ceilings**: the real model's predict and train steps
    alone, at the mean batch sizes the pipeline used, in as many threads as the pipeline had.
+
+`--sweep=runner=threads,ray` measures the Ray runners (`ga3c.ray_runner`) beside the agent
+threads with the same envs: a swept `runner=ray` row without a `num_runners` of its own
+(swept or given) runs `num_runners` = the row's `num_agents` (its `num_agents` is shown as
+`num_runners`), so it steps as many envs as the threads row beside it. One local Ray (or `--ray_address`'s cluster)
+serves every configuration of the run and is shut down at its end. Flags that must move
+together make one axis: `--sweep=runner/num_agents/envs_per_agent=threads/2/16,ray/4/8`. A Ray
+row's env-only ceiling is its own runners with the free model (so it includes the transport),
+and its throughput is also given as a fraction of the best threads row with as many envs
+(`vs_threads`), with each runner's env steps/s and the round trip of a group step (actions
+sent -> observations back, p50/p95).
 
 It prints one table row per configuration with every pipeline figure and its ratio to the
 matching ceiling (ratios survive a noisy machine; absolute numbers drift by 1.5x here), marks
@@ -34,6 +47,7 @@ compared with the best swept configuration:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -112,9 +126,38 @@ def measure_window(stats: Stats, warmup: float, seconds: float, failure: Failure
         mean_predict_batch=w.mean_predict_batch, mean_train_batch=w.mean_train_batch,
         policy_lag_mean=w.policy_lag_mean, policy_lag_p95=w.policy_lag_p95,
         throughput=w.throughput,
-        cpu_percent=100.0 * (cpu_seconds() - cpu0) / wall,
+        cpu_percent=100.0 * (cpu_seconds() - cpu0) / wall,  # this process's (not Ray's actors')
         gpu_percent=float(np.mean(gpu)) if gpu else None,
+        **runner_figures(w),
     )
+
+
+RUNNER_FIGURES = ("runner_env_steps_per_s", "runner_env_steps_per_s_stats", "round_trip_p50_ms",
+                  "round_trip_p95_ms")
+
+
+def runner_figures(w) -> dict:
+    """A window's Ray runner figures (empty / None under --runner=threads): each runner's env
+    steps/s, their min/median/max, and the round trip of a group step in ms."""
+    rates = w.source_env_steps_per_s
+    spread = (dict(zip(("min", "median", "max"),
+                       np.percentile(list(rates.values()), [0, 50, 100]).tolist()))
+              if rates else None)
+    ms = {q: None if v is None else v * 1e3
+          for q, v in (("p50", w.round_trip_p50), ("p95", w.round_trip_p95))}
+    return dict(zip(RUNNER_FIGURES, (dict(rates), spread, ms["p50"], ms["p95"])))
+
+
+def wait_for_runners(config: Config, stats: Stats, failure: Failure,
+                     seconds: float = 300.0) -> None:
+    """With --runner=ray, until every runner has stepped its envs (bounded): an actor's start
+    (a process, its imports, its envs) takes seconds, which must not count against it."""
+    if config.pipeline.runner != "ray":
+        return
+    deadline = time.monotonic() + seconds
+    while (len(stats.snapshot().source_steps) < config.pipeline.num_runners and not failure
+           and time.monotonic() < deadline):
+        time.sleep(POLL_SECONDS)
 
 
 def set_layout(pipeline, layout: dict[str, int]) -> None:
@@ -154,6 +197,7 @@ def run_pipeline(config: Config, env_spec, warmup: float, seconds: float,
     service.start()
     try:
         sampler.start()
+        wait_for_runners(config, service.stats, service.failure)
         result.update(measure_window(service.stats, warmup, seconds, service.failure,
                                      on_start=measuring.set, after_warmup=freeze_tuner))
         result["layout"] = service.pipeline.counts()
@@ -184,8 +228,9 @@ def run_pipeline(config: Config, env_spec, warmup: float, seconds: float,
     return result
 
 
-def env_only_ceiling(config: Config, warmup: float, seconds: float) -> float:
-    """Env steps/s of the same agents and thread layout when the model costs nothing."""
+def env_only_ceiling(config: Config, warmup: float, seconds: float) -> dict:
+    """The window (`measure_window`'s) of the same agents (or Ray runners) and thread layout
+    when the model costs nothing."""
     from ga3c.pipeline import Pipeline
 
     stop, failure = threading.Event(), Failure()
@@ -203,13 +248,14 @@ def env_only_ceiling(config: Config, warmup: float, seconds: float) -> float:
         while not free_predict.entered.wait(POLL_SECONDS):
             if failure or time.monotonic() > deadline:
                 break
+        wait_for_runners(config, stats, failure)
         window = measure_window(stats, warmup, seconds, failure)
     finally:
         stop.set()
         pipeline.join()
     if failure:
         raise RuntimeError(f"env-only run failed: {failure.traceback}")
-    return window["env_steps_per_s"]
+    return window
 
 
 def _num_actions(config: Config) -> int:
@@ -263,7 +309,10 @@ def measure(config: Config, env_spec, warmup: float, seconds: float,
                             pipeline__num_trainers=layout["trainers"], pipeline__autotune=False)
     p = config.pipeline
     ceil_seconds = max(pace.min_ceiling_seconds, seconds / 2)
-    rec["ceiling_env_steps_per_s"] = env_only_ceiling(config, min(warmup, 2.0), ceil_seconds)
+    free = env_only_ceiling(config, min(warmup, 2.0), ceil_seconds)
+    for key in ("env_steps_per_s", *RUNNER_FIGURES):  # Ray runners: with the transport
+        rec[f"ceiling_{key}"] = free[key]
+    rec["runner"], rec["num_envs"] = p.runner, num_envs(config)
     # One fresh model for both (building one takes seconds): predicting changes no weight.
     learner = Learner.for_run(config, env_spec)
     rec["ceiling_predictions_per_s"] = model_ceiling(
@@ -282,31 +331,85 @@ def measure(config: Config, env_spec, warmup: float, seconds: float,
     return rec
 
 
+def num_envs(config: Config) -> int:
+    p = config.pipeline
+    return (p.num_runners if p.runner == "ray" else p.num_agents) * config.env.envs_per_agent
+
+
 def parse_sweeps(sweeps: list[str]) -> list[dict[str, str]]:
+    """The grid of every `--sweep`; one sweep is name=v1,v2,... or, for flags that move
+    together, a/b=a1/b1,a2/b2,..."""
     grid = []
     for item in sweeps:
         name, _, values = item.partition("=")
-        if not name or not values:
-            raise UserError(f"--sweep={item!r}: expected name=v1,v2,...")
-        grid.append([(name, v) for v in values.split(",")])
-    return [dict(combo) for combo in itertools.product(*grid)] if grid else [{}]
+        names = name.split("/")
+        points = [v.split("/") if len(names) > 1 else [v] for v in values.split(",")]
+        if not all(names) or not values or any(len(p) != len(names) for p in points):
+            raise UserError(f"--sweep={item!r}: expected name=v1,v2,... or "
+                            "name1/name2=a1/a2,b1/b2,...")
+        grid.append([list(zip(names, p)) for p in points])
+    return ([dict(kv for point in combo for kv in point) for combo in itertools.product(*grid)]
+            if grid else [{}])
+
+
+def same_envs(combo: dict[str, str], ga3c_flags: list[str]) -> dict[str, str]:
+    """A swept `runner=ray` without a `num_runners` of its own (swept or on the command line)
+    gets the row's agent count as its runner count (its `num_agents` shown as `num_runners`):
+    the same envs as the threads row beside it."""
+    given = any(f.split("=")[0] == "--num_runners" for f in ga3c_flags)
+    if combo.get("runner") != "ray" or "num_runners" in combo or given:
+        return combo
+    if "num_agents" in combo:
+        return {("num_runners" if k == "num_agents" else k): v for k, v in combo.items()}
+    agents = parse_config([*ga3c_flags, *flags_of(combo)]).pipeline.num_agents
+    return {**combo, "num_runners": str(agents)}
+
+
+def flags_of(combo: dict[str, str]) -> list[str]:
+    return [f"--{k}={v}" for k, v in combo.items()]
+
+
+def compare_with_threads(records: list[dict]) -> None:
+    """Each Ray row's throughput, and its env-only ceiling, as fractions of those of the best
+    threads row (by throughput) with as many envs in this run (`vs_threads...`); none if the
+    run has no such row."""
+    threads = [r for r in records if r["runner"] == "threads" and not r["autotuned"]]
+    for rec in records:
+        same = [t for t in threads if t["num_envs"] == rec["num_envs"]]
+        if rec["runner"] != "ray" or not same:
+            continue
+        base = max(same, key=lambda t: t["throughput"])
+        rec["vs_threads"] = ratio(rec["throughput"], base["throughput"])
+        rec["vs_threads_env_ceiling"] = ratio(rec["ceiling_env_steps_per_s"],
+                                              base["ceiling_env_steps_per_s"])
+        rec["vs_threads_label"] = base["label"]
 
 
 COLUMNS = [("config", "{}"), ("thru/s", "{:,.0f}"), ("env/s", "{:,.0f}"), ("ratio", "{:.2f}"),
            ("pred/s", "{:,.0f}"), ("pbatch", "{:.1f}"), ("ratio", "{:.2f}"),
            ("train/s", "{:,.0f}"), ("tbatch", "{:.1f}"), ("samples/s", "{:,.0f}"),
            ("ratio", "{:.2f}"), ("overall", "{:.2f}"), ("lag", "{}"), ("q p/t", "{}"),
-           ("cpu%", "{:.0f}"), ("gpu%", "{}"), ("rss MiB", "{:,.0f}")]
+           ("cpu%", "{:.0f}"), ("gpu%", "{}"), ("rss MiB", "{:,.0f}"), ("vs thr", "{}"),
+           ("rtt ms p50/p95", "{}"), ("runner env/s min/med/max", "{}")]
+
+
+def optional(value, fmt: str) -> str:
+    return "n/a" if value is None else fmt.format(value)
 
 
 def row(label: str, r: dict) -> list[str]:
     lag = ("n/a" if r["policy_lag_mean"] is None
            else f"{r['policy_lag_mean']:.1f}/{r['policy_lag_p95']:.0f}")
+    rtt = ("n/a" if r["round_trip_p50_ms"] is None
+           else f"{r['round_trip_p50_ms']:.1f}/{r['round_trip_p95_ms']:.1f}")
+    spread = r["runner_env_steps_per_s_stats"]
+    runners = "n/a" if spread is None else "/".join(f"{v:,.0f}" for v in spread.values())
     values = [label, r["throughput"], r["env_steps_per_s"], r["ratio_env"], r["predictions_per_s"],
               r["mean_predict_batch"], r["ratio_predict"], r["trainings_per_s"],
               r["mean_train_batch"], r["samples_per_s"], r["ratio_train"], r["ratio_overall"],
               lag, f"{r['mean_predict_queue']:.1f}/{r['mean_train_queue']:.1f}", r["cpu_percent"],
-              "n/a" if r["gpu_percent"] is None else f"{r['gpu_percent']:.0f}", r["peak_rss_mib"]]
+              optional(r["gpu_percent"], "{:.0f}"), r["peak_rss_mib"],
+              optional(r.get("vs_threads"), "{:.2f}"), rtt, runners]
     return [fmt.format(v) for (_, fmt), v in zip(COLUMNS, values)]
 
 
@@ -336,7 +439,7 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
     args, ga3c_flags = parser.parse_known_args(argv)
     try:
         combos = parse_sweeps(args.sweep)
-        fixed = {"env", "tf_threads"} & {k for combo in combos for k in combo}
+        fixed = {"env", "tf_threads", "ray_address"} & {k for combo in combos for k in combo}
         if fixed:
             raise UserError(f"--sweep over {sorted(fixed)} is not supported: they are fixed per "
                            "process (run the script once per value)")
@@ -349,8 +452,14 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
         if args.autotune_seconds > 0:
             combos = [*combos, {"autotune": "true"}]
         for combo in combos:
-            extra = [f"--{k}={v}" for k, v in combo.items()]
-            configs.append((combo, parse_config([*ga3c_flags, *extra, "--resume=false"])))
+            combo = same_envs(combo, ga3c_flags)
+            configs.append((combo, parse_config([*ga3c_flags, *flags_of(combo),
+                                                 "--resume=false"])))
+        runners = [c.pipeline.num_runners for _, c in configs if c.pipeline.runner == "ray"]
+        if runners:
+            from ga3c.ray_runner import require_ray
+
+            require_ray()  # before TensorFlow's import: a missing package is told at once
     except UserError as exc:
         print(f"throughput.py: error: {exc}", file=sys.stderr)
         return 2
@@ -372,8 +481,20 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
     print(f"{configs[0][1].env.env_id}: {len(configs)} configuration(s), warm-up "
           f"{args.warmup:g} s, window {args.seconds:g} s; ratio = pipeline / ceiling measured "
           "in this run", flush=True)
-    records, rows = [], []
-    with tempfile.TemporaryDirectory(prefix="ga3c-throughput-") as tmp:
+    records = []
+    with contextlib.ExitStack() as stack:
+        if runners:  # one Ray for every configuration, shut down (if it started it) at the end
+            from ga3c.ray_runner import ray_session
+
+            address = configs[0][1].pipeline.ray_address
+            try:
+                stack.enter_context(ray_session(address, max(runners)))
+            except UserError as exc:
+                print(f"throughput.py: error: {exc}", file=sys.stderr)
+                return 2
+            print(f"Ray: {address or 'a local Ray'} for {len(runners)} configuration(s) of "
+                  f"{max(runners)} runner(s) at most", flush=True)
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ga3c-throughput-"))
         for i, (combo, config) in enumerate(configs):
             # The window decides when to stop, not the config's stop conditions (and so a
             # learning rate that decays towards them stays constant).
@@ -382,8 +503,9 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
                                     run__max_seconds=0.0, algo__lr_schedule="constant")
             tuning = combo.get("autotune") == "true"
             label = " ".join(f"{k}={v}" for k, v in combo.items()) or "as given"
-            best_layout = (max(records, key=lambda r: r["throughput"])["layout"]
-                           if tuning and records else None)
+            threads = [r for r in records if r["runner"] == "threads"]  # autotune's runner
+            best_layout = (max(threads, key=lambda r: r["throughput"])["layout"]
+                           if tuning and threads else None)
             rec = measure(config, env_spec, args.autotune_seconds if tuning else args.warmup,
                           args.seconds, compare_layout=best_layout, pace=pace)
             if tuning:
@@ -394,7 +516,8 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
             rec.update(label=label, sweep=combo, config=config.to_dict(), autotuned=tuning,
                        measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
             records.append(rec)
-            rows.append(row(label, rec))
+    compare_with_threads(records)
+    rows = [row(rec["label"], rec) for rec in records]
     swept = [k for k, rec in enumerate(records) if not rec["autotuned"]]
     best = max(swept, key=lambda k: records[k]["throughput"])
     for k, rec in enumerate(records):
@@ -425,7 +548,9 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
         json.dump(records, f, indent=2)
     print(f"wrote {args.json}; env/s ratio: pipeline / env-only ceiling; pred/s and samples/s "
           "ratios: / model-only ceilings at the same batch; overall: env/s / min(env ceiling, "
-          "model ceiling for predict + train); lag: mean/p95 updates")
+          "model ceiling for predict + train); lag: mean/p95 updates; vs thr: throughput / "
+          "the best threads row's with as many envs; rtt: a Ray runner's group step, actions "
+          "sent -> observations back")
     return 0
 
 
