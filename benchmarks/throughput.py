@@ -89,6 +89,43 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def child_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """{pid: (name, CPU seconds so far)} of every living process below this one (Linux /proc;
+    empty elsewhere): a local Ray's GCS, raylet and workers, a runner actor's named
+    "ray::EnvRunner"."""
+    parents, stats = {}, {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                name, fields = f.read().split(" (", 1)[1].rsplit(")", 1)
+        except (OSError, IndexError, ValueError):
+            continue
+        fields = fields.split()
+        parents[int(entry)] = int(fields[1])
+        stats[int(entry)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    below, frontier = {}, [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        for pid, pp in parents.items():
+            if pp == parent and pid not in below:
+                below[pid] = stats[pid]
+                frontier.append(pid)
+    return below
+
+
+def child_cpu_percent(before: dict, after: dict, wall: float) -> dict:
+    """CPU use (% of one core) of this process's children between two `child_cpu_seconds`:
+    all of them (`ray_cpu_percent`: a local Ray's processes) and the runner actors'
+    (`runner_cpu_percent`); None without any."""
+    used = {pid: (name, sec - before.get(pid, (name, 0.0))[1]) for pid, (name, sec) in after.items()}
+    runners = [sec for name, sec in used.values() if name.startswith("ray::EnvRunner")]
+    return dict(ray_cpu_percent=100.0 * sum(s for _, s in used.values()) / wall if used else None,
+                runner_cpu_percent=100.0 * sum(runners) / wall if runners else None)
+
+
 def gpu_utilisation() -> float | None:
     """Mean utilisation (%) of the visible NVIDIA GPUs, or None without nvidia-smi."""
     if shutil.which("nvidia-smi") is None:
@@ -110,7 +147,7 @@ def measure_window(stats: Stats, warmup: float, seconds: float, failure: Failure
     after_warmup()
     before = stats.snapshot()  # the warm-up does not count
     on_start()
-    cpu0 = cpu_seconds()
+    cpu0, children0 = cpu_seconds(), child_cpu_seconds()
     t0 = time.monotonic()
     gpu = []
     while time.monotonic() - t0 < seconds and not failure:
@@ -128,6 +165,7 @@ def measure_window(stats: Stats, warmup: float, seconds: float, failure: Failure
         throughput=w.throughput,
         cpu_percent=100.0 * (cpu_seconds() - cpu0) / wall,  # this process's (not Ray's actors')
         gpu_percent=float(np.mean(gpu)) if gpu else None,
+        **child_cpu_percent(children0, child_cpu_seconds(), wall),
         **runner_figures(w),
     )
 
@@ -310,7 +348,7 @@ def measure(config: Config, env_spec, warmup: float, seconds: float,
     p = config.pipeline
     ceil_seconds = max(pace.min_ceiling_seconds, seconds / 2)
     free = env_only_ceiling(config, min(warmup, 2.0), ceil_seconds)
-    for key in ("env_steps_per_s", *RUNNER_FIGURES):  # Ray runners: with the transport
+    for key in ("env_steps_per_s", "ray_cpu_percent", "runner_cpu_percent", *RUNNER_FIGURES):
         rec[f"ceiling_{key}"] = free[key]
     rec["runner"], rec["num_envs"] = p.runner, num_envs(config)
     # One fresh model for both (building one takes seconds): predicting changes no weight.
@@ -389,7 +427,7 @@ COLUMNS = [("config", "{}"), ("thru/s", "{:,.0f}"), ("env/s", "{:,.0f}"), ("rati
            ("pred/s", "{:,.0f}"), ("pbatch", "{:.1f}"), ("ratio", "{:.2f}"),
            ("train/s", "{:,.0f}"), ("tbatch", "{:.1f}"), ("samples/s", "{:,.0f}"),
            ("ratio", "{:.2f}"), ("overall", "{:.2f}"), ("lag", "{}"), ("q p/t", "{}"),
-           ("cpu%", "{:.0f}"), ("gpu%", "{}"), ("rss MiB", "{:,.0f}"), ("vs thr", "{}"),
+           ("cpu%", "{}"), ("gpu%", "{}"), ("rss MiB", "{:,.0f}"), ("vs thr", "{}"),
            ("rtt ms p50/p95", "{}"), ("runner env/s min/med/max", "{}")]
 
 
@@ -400,6 +438,8 @@ def optional(value, fmt: str) -> str:
 def row(label: str, r: dict) -> list[str]:
     lag = ("n/a" if r["policy_lag_mean"] is None
            else f"{r['policy_lag_mean']:.1f}/{r['policy_lag_p95']:.0f}")
+    cpu = f"{r['cpu_percent']:.0f}" + (  # this process's + its children's (a local Ray's)
+        "" if r["ray_cpu_percent"] is None else f"+{r['ray_cpu_percent']:.0f}")
     rtt = ("n/a" if r["round_trip_p50_ms"] is None
            else f"{r['round_trip_p50_ms']:.1f}/{r['round_trip_p95_ms']:.1f}")
     spread = r["runner_env_steps_per_s_stats"]
@@ -407,7 +447,7 @@ def row(label: str, r: dict) -> list[str]:
     values = [label, r["throughput"], r["env_steps_per_s"], r["ratio_env"], r["predictions_per_s"],
               r["mean_predict_batch"], r["ratio_predict"], r["trainings_per_s"],
               r["mean_train_batch"], r["samples_per_s"], r["ratio_train"], r["ratio_overall"],
-              lag, f"{r['mean_predict_queue']:.1f}/{r['mean_train_queue']:.1f}", r["cpu_percent"],
+              lag, f"{r['mean_predict_queue']:.1f}/{r['mean_train_queue']:.1f}", cpu,
               optional(r["gpu_percent"], "{:.0f}"), r["peak_rss_mib"],
               optional(r.get("vs_threads"), "{:.2f}"), rtt, runners]
     return [fmt.format(v) for (_, fmt), v in zip(COLUMNS, values)]
