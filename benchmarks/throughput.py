@@ -27,6 +27,12 @@ and its throughput is also given as a fraction of the best threads row with as m
 (`vs_threads`), with each runner's env steps/s and the round trip of a group step (actions
 sent -> observations back, p50/p95).
 
+`--rounds=N` measures the whole grid N times, one pass after another, and prints each
+configuration's medians over its rounds (a Ray row is compared with the threads rows of its own
+round): on a machine whose load changes over minutes, side by side means interleaved.
+For each Ray configuration it also prints a projection (not a measurement) of how many
+runners saturate the central learner: see `project`.
+
 It prints one table row per configuration with every pipeline figure and its ratio to the
 matching ceiling (ratios survive a noisy machine; absolute numbers drift by 1.5x here), marks
 the best configuration by throughput (min of env steps/s and samples trained/s: while the
@@ -348,7 +354,8 @@ def measure(config: Config, env_spec, warmup: float, seconds: float,
     p = config.pipeline
     ceil_seconds = max(pace.min_ceiling_seconds, seconds / 2)
     free = env_only_ceiling(config, min(warmup, 2.0), ceil_seconds)
-    for key in ("env_steps_per_s", "ray_cpu_percent", "runner_cpu_percent", *RUNNER_FIGURES):
+    for key in ("env_steps_per_s", "cpu_percent", "ray_cpu_percent", "runner_cpu_percent",
+                *RUNNER_FIGURES):  # a Ray row's: its transport's cost on both sides
         rec[f"ceiling_{key}"] = free[key]
     rec["runner"], rec["num_envs"] = p.runner, num_envs(config)
     # One fresh model for both (building one takes seconds): predicting changes no weight.
@@ -372,6 +379,64 @@ def measure(config: Config, env_spec, warmup: float, seconds: float,
 def num_envs(config: Config) -> int:
     p = config.pipeline
     return (p.num_runners if p.runner == "ray" else p.num_agents) * config.env.envs_per_agent
+
+
+def project(rec: dict) -> dict | None:
+    """A Ray row's projection (not a measurement) of how many runners saturate the central
+    learner, from its env-only ceiling (the free model: the transport's cost on both sides)
+    and the model's ceilings; None for a threads row or where the runners' CPU use is not
+    seen (a remote cluster's).
+
+    A runner on a core of its own steps `per_runner_cpu` env steps/s (its env steps per CPU
+    second); one as fast as here, `per_runner` (this machine's cores shared, and round trips
+    waited for). The learner takes at most `bound`: the model's combined predict + train rate
+    (`model`, measured on this machine's cores) or its Python side's (`learner_python`: env
+    steps per CPU second of this process with the free model; the GIL holds it to about one
+    core), whichever is lower. `runners_busy` (runners at `per_runner_cpu`) to `runners_here`
+    (at `per_runner`) runners saturate it."""
+    runner_cpu, learner_cpu = rec["ceiling_runner_cpu_percent"], rec["ceiling_cpu_percent"]
+    spread = rec["ceiling_runner_env_steps_per_s_stats"]
+    if rec["runner"] != "ray" or not runner_cpu or not learner_cpu or spread is None:
+        return None
+    env, model = rec["ceiling_env_steps_per_s"], rec["ceiling_model_steps_per_s"]
+    per_runner_cpu, learner_python = env / (runner_cpu / 100), env / (learner_cpu / 100)
+    bound = min(model, learner_python)
+    return dict(per_runner_cpu=per_runner_cpu, per_runner=spread["median"], model=model,
+                learner_python=learner_python, bound=bound, runners_busy=bound / per_runner_cpu,
+                runners_here=bound / spread["median"])
+
+
+def summarise(records: list[dict], rounds: int) -> None:
+    """Per swept configuration, medians over its rounds (`over_rounds` in its records) of
+    the throughput, a Ray row's ratio to threads and its projection; printed."""
+    groups: dict[str, list[dict]] = {}
+    for rec in records:
+        if not rec["autotuned"]:
+            groups.setdefault(json.dumps(rec["sweep"]), []).append(rec)
+    if rounds > 1:
+        print(f"medians over {rounds} rounds (each round's in brackets):")
+    for recs in groups.values():
+        label = recs[0]["label"].rsplit(" #", 1)[0]
+        series = {k: [r[k] for r in recs if r.get(k) is not None]
+                  for k in ("throughput", "vs_threads")}
+        projections = [r["projection"] for r in recs if r["projection"] is not None]
+        over = {k: float(np.median(v)) if v else None for k, v in series.items()}
+        over["projection"] = ({k: float(np.median([q[k] for q in projections]))
+                               for k in projections[0]} if projections else None)
+        for rec in recs:
+            rec["over_rounds"] = over
+        if rounds > 1:
+            print(f"  {label}: " + "; ".join(
+                f"{k.replace('_', ' ')} {over[k]:{fmt}} (" + ", ".join(
+                    f"{v:{fmt}}" for v in series[k]) + ")"
+                for k, fmt in (("throughput", ",.0f"), ("vs_threads", ".2f")) if series[k]))
+        if projections:
+            q = over["projection"]
+            print(f"  projection, not a measurement ({label}): a runner steps "
+                  f"{q['per_runner_cpu']:,.0f} env/s on a core of its own ({q['per_runner']:,.0f} "
+                  f"here); the learner takes at most {q['bound']:,.0f} (model ceiling "
+                  f"{q['model']:,.0f}, its Python side {q['learner_python']:,.0f}): "
+                  f"{q['runners_busy']:.1f}-{q['runners_here']:.1f} runners saturate it")
 
 
 def parse_sweeps(sweeps: list[str]) -> list[dict[str, str]]:
@@ -409,11 +474,12 @@ def flags_of(combo: dict[str, str]) -> list[str]:
 
 def compare_with_threads(records: list[dict]) -> None:
     """Each Ray row's throughput, and its env-only ceiling, as fractions of those of the best
-    threads row (by throughput) with as many envs in this run (`vs_threads...`); none if the
-    run has no such row."""
+    threads row (by throughput) with as many envs in the same round (`vs_threads...`); none
+    if the round has no such row."""
     threads = [r for r in records if r["runner"] == "threads" and not r["autotuned"]]
     for rec in records:
-        same = [t for t in threads if t["num_envs"] == rec["num_envs"]]
+        same = [t for t in threads if t["num_envs"] == rec["num_envs"]
+                and t["round"] == rec["round"]]
         if rec["runner"] != "ray" or not same:
             continue
         base = max(same, key=lambda t: t["throughput"])
@@ -473,6 +539,9 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring")
     parser.add_argument("--sweep", action="append", default=[], help="name=v1,v2,... (repeat)")
     parser.add_argument("--json", default="throughput.json", help="records, one per config")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure the whole grid this many times, one pass after another, "
+                             "so a drift of the machine weighs every configuration alike")
     parser.add_argument("--autotune_seconds", type=float, default=0.0,
                         help="after the sweep, run the flags as given with --autotune for this "
                              "long, then measure the layout it reached against the best one")
@@ -483,19 +552,22 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
         if fixed:
             raise UserError(f"--sweep over {sorted(fixed)} is not supported: they are fixed per "
                            "process (run the script once per value)")
+        if args.rounds < 1:
+            raise UserError(f"--rounds={args.rounds}: must be >= 1")
         if args.autotune_seconds < 0:
             raise UserError(f"--autotune_seconds={args.autotune_seconds:g}: must be >= 0")
         configs = []
         if any(f.split("=")[0] in ("--autotune", "--noautotune") for f in ga3c_flags):
             raise UserError("use --autotune_seconds=S to measure autotune (it runs after the "
                            "sweep and is compared with it), not --autotune")
+        plan = [(r, combo) for r in range(1, args.rounds + 1) for combo in combos]
         if args.autotune_seconds > 0:
-            combos = [*combos, {"autotune": "true"}]
-        for combo in combos:
+            plan.append((args.rounds, {"autotune": "true"}))  # once, after the last round
+        for round_, combo in plan:
             combo = same_envs(combo, ga3c_flags)
-            configs.append((combo, parse_config([*ga3c_flags, *flags_of(combo),
-                                                 "--resume=false"])))
-        runners = [c.pipeline.num_runners for _, c in configs if c.pipeline.runner == "ray"]
+            configs.append((round_, combo, parse_config([*ga3c_flags, *flags_of(combo),
+                                                         "--resume=false"])))
+        runners = [c.pipeline.num_runners for _, _, c in configs if c.pipeline.runner == "ray"]
         if runners:
             from ga3c.ray_runner import require_ray
 
@@ -503,7 +575,7 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
     except UserError as exc:
         print(f"throughput.py: error: {exc}", file=sys.stderr)
         return 2
-    tf_threads = configs[0][1].run.tf_threads
+    tf_threads = configs[0][2].run.tf_threads
     try:  # a later call in the same process can keep TensorFlow's threads, not change them
         import_tensorflow_quietly(tf_threads)
     except RuntimeError as exc:
@@ -512,13 +584,13 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
     from ga3c.envs import EnvError, inspect_env
 
     try:
-        env_spec = inspect_env(configs[0][1].env.env_id, configs[0][1].env)
+        env_spec = inspect_env(configs[0][2].env.env_id, configs[0][2].env)
         with open(args.json, "a"):
             pass  # an unwritable --json fails now, not after the whole sweep
     except (EnvError, OSError) as exc:
         print(f"throughput.py: error: {exc}", file=sys.stderr)
         return 2
-    print(f"{configs[0][1].env.env_id}: {len(configs)} configuration(s), warm-up "
+    print(f"{configs[0][2].env.env_id}: {len(configs)} configuration(s), warm-up "
           f"{args.warmup:g} s, window {args.seconds:g} s; ratio = pipeline / ceiling measured "
           "in this run", flush=True)
     records = []
@@ -526,7 +598,7 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
         if runners:  # one Ray for every configuration, shut down (if it started it) at the end
             from ga3c.ray_runner import ray_session
 
-            address = configs[0][1].pipeline.ray_address
+            address = configs[0][2].pipeline.ray_address
             try:
                 stack.enter_context(ray_session(address, max(runners)))
             except UserError as exc:
@@ -535,7 +607,7 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
             print(f"Ray: {address or 'a local Ray'} for {len(runners)} configuration(s) of "
                   f"{max(runners)} runner(s) at most", flush=True)
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ga3c-throughput-"))
-        for i, (combo, config) in enumerate(configs):
+        for i, (round_, combo, config) in enumerate(configs):
             # The window decides when to stop, not the config's stop conditions (and so a
             # learning rate that decays towards them stays constant).
             config = config.replace(run__logdir=os.path.join(tmp, f"config{i}"),
@@ -543,6 +615,8 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
                                     run__max_seconds=0.0, algo__lr_schedule="constant")
             tuning = combo.get("autotune") == "true"
             label = " ".join(f"{k}={v}" for k, v in combo.items()) or "as given"
+            if args.rounds > 1:
+                label += f" #{round_}"
             threads = [r for r in records if r["runner"] == "threads"]  # autotune's runner
             best_layout = (max(threads, key=lambda r: r["throughput"])["layout"]
                            if tuning and threads else None)
@@ -554,9 +628,12 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
                          f"/{p.num_trainers} -> " + "/".join(str(v) for v in rec["layout"].values())
                          + " (agents/predictors/trainers)")
             rec.update(label=label, sweep=combo, config=config.to_dict(), autotuned=tuning,
+                       round=round_,
                        measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
             records.append(rec)
     compare_with_threads(records)
+    for rec in records:
+        rec["projection"] = project(rec)
     rows = [row(rec["label"], rec) for rec in records]
     swept = [k for k, rec in enumerate(records) if not rec["autotuned"]]
     best = max(swept, key=lambda k: records[k]["throughput"])
@@ -584,6 +661,7 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
                 print(f"  {d['at_seconds']:6.0f}s  {d['knob']} {d['before']} -> {d['after']}: "
                       f"{d['base_rate']:,.0f} -> {d['trial_rate']:,.0f} "
                       f"{'kept' if d['kept'] else 'undone'}")
+    summarise(records, args.rounds)
     with open(args.json, "w") as f:
         json.dump(records, f, indent=2)
     print(f"wrote {args.json}; env/s ratio: pipeline / env-only ceiling; pred/s and samples/s "

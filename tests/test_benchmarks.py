@@ -119,6 +119,38 @@ def test_sweeps_move_linked_flags_together_and_ray_rows_get_the_same_envs():
         assert same(combo, flags) == combo
 
 
+def test_ray_rows_compare_with_threads_in_their_round_and_project_the_learner_bound(capsys):
+    def record(runner, round_, thru, envs=8):
+        return dict(runner=runner, round=round_, throughput=thru, num_envs=envs,
+                    autotuned=False, ceiling_env_steps_per_s=10.0 * thru,
+                    sweep={"runner": runner}, label=f"runner={runner} #{round_}")
+
+    records = [record("threads", 1, 100.0), record("threads", 1, 90.0), record("ray", 1, 80.0),
+               record("threads", 2, 200.0), record("ray", 2, 100.0), record("ray", 2, 5.0, 16)]
+    throughput.compare_with_threads(records)
+    assert [r.get("vs_threads") for r in records] == [None, None, 0.8, None, 0.5, None]
+    assert records[2]["vs_threads_label"] == "runner=threads #1"
+    assert records[4]["vs_threads_env_ceiling"] == 0.5
+    ray_row = dict(runner="ray", ceiling_env_steps_per_s=1000.0, ceiling_runner_cpu_percent=50.0,
+                   ceiling_cpu_percent=25.0, ceiling_model_steps_per_s=3000.0,
+                   ceiling_runner_env_steps_per_s_stats={"min": 300.0, "median": 400.0,
+                                                        "max": 500.0})
+    # A runner steps 2,000/s per CPU second; the learner's Python side 4,000/s per CPU second,
+    # its model 3,000/s: 1.5 busy runners, or 7.5 as fast as here, saturate it.
+    assert throughput.project(ray_row) == dict(
+        per_runner_cpu=2000.0, per_runner=400.0, model=3000.0, learner_python=4000.0,
+        bound=3000.0, runners_busy=1.5, runners_here=7.5)
+    assert throughput.project({**ray_row, "runner": "threads"}) is None
+    assert throughput.project({**ray_row, "ceiling_runner_cpu_percent": None}) is None
+    for r in records:
+        r["projection"] = throughput.project(ray_row) if r["runner"] == "ray" else None
+    throughput.summarise(records[:5], rounds=2)
+    out = capsys.readouterr().out
+    assert "runner=ray: throughput 90 (80, 100); vs threads 0.65 (0.80, 0.50)" in out
+    assert "1.5-7.5 runners saturate it" in out
+    assert records[0]["over_rounds"]["throughput"] == 100.0  # of 100, 90 and 200
+
+
 @pytest.mark.ray
 def test_throughput_sweeps_threads_and_ray_runners_and_leaves_no_ray_process(
         tmp_path, capsys, monkeypatch):
