@@ -1,13 +1,18 @@
 """Smoke tests of the benchmark scripts (they are measured by hand, not in CI)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
+import threading
 import time
+
+import pytest
 
 from ga3c.autotune import Autotuner
 from tests.test_cli import REPO, TINY, cli_env
+from tests.test_ray import alive, descendants
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import throughput  # noqa: E402
@@ -96,12 +101,117 @@ def test_throughput_smoke_writes_a_record_per_configuration(tmp_path, capsys, mo
     assert "*best*" in stdout
 
 
+def test_sweeps_move_linked_flags_together_and_ray_rows_get_the_same_envs():
+    assert throughput.parse_sweeps(["runner/num_agents=threads/2,ray/4", "num_trainers=1,2"]) == [
+        {"runner": "threads", "num_agents": "2", "num_trainers": "1"},
+        {"runner": "threads", "num_agents": "2", "num_trainers": "2"},
+        {"runner": "ray", "num_agents": "4", "num_trainers": "1"},
+        {"runner": "ray", "num_agents": "4", "num_trainers": "2"}]
+    with pytest.raises(throughput.UserError, match="name1/name2=a1/a2"):
+        throughput.parse_sweeps(["runner/num_agents=threads/2,ray"])
+    same = throughput.same_envs
+    assert same({"runner": "ray", "num_agents": "4", "envs_per_agent": "8"}, []) == {
+        "runner": "ray", "num_runners": "4", "envs_per_agent": "8"}
+    assert same({"runner": "ray"}, ["--num_agents=3"]) == {"runner": "ray", "num_runners": "3"}
+    for combo, flags in (({"runner": "ray"}, ["--num_agents=3", "--num_runners=5"]),
+                         ({"runner": "ray", "num_runners": "5"}, []),
+                         ({"runner": "threads", "num_agents": "4"}, [])):
+        assert same(combo, flags) == combo
+
+
+def test_ray_rows_compare_with_threads_in_their_round_and_project_the_learner_bound(capsys):
+    def record(runner, round_, thru, envs=8):
+        return dict(runner=runner, round=round_, throughput=thru, num_envs=envs,
+                    autotuned=False, ceiling_env_steps_per_s=10.0 * thru,
+                    sweep={"runner": runner}, label=f"runner={runner} #{round_}")
+
+    records = [record("threads", 1, 100.0), record("threads", 1, 90.0), record("ray", 1, 80.0),
+               record("threads", 2, 200.0), record("ray", 2, 100.0), record("ray", 2, 5.0, 16)]
+    throughput.compare_with_threads(records)
+    assert [r.get("vs_threads") for r in records] == [None, None, 0.8, None, 0.5, None]
+    assert records[2]["vs_threads_label"] == "runner=threads #1"
+    assert records[4]["vs_threads_env_ceiling"] == 0.5
+    ray_row = dict(runner="ray", ceiling_env_steps_per_s=1000.0, ceiling_runner_cpu_percent=50.0,
+                   ceiling_cpu_percent=25.0, ceiling_model_steps_per_s=3000.0,
+                   ceiling_runner_env_steps_per_s_stats={"min": 300.0, "median": 400.0,
+                                                        "max": 500.0})
+    # A runner steps 2,000/s per CPU second; the learner's Python side 4,000/s per CPU second,
+    # its model 3,000/s: 1.5 busy runners, or 7.5 as fast as here, saturate it.
+    assert throughput.project(ray_row) == dict(
+        per_runner_cpu=2000.0, per_runner=400.0, model=3000.0, learner_python=4000.0,
+        bound=3000.0, runners_busy=1.5, runners_here=7.5)
+    assert throughput.project({**ray_row, "runner": "threads"}) is None
+    assert throughput.project({**ray_row, "ceiling_runner_cpu_percent": None}) is None
+    for r in records:
+        r["projection"] = throughput.project(ray_row) if r["runner"] == "ray" else None
+    throughput.summarise(records[:5], rounds=2)
+    out = capsys.readouterr().out
+    assert "runner=ray: throughput 90 (80, 100); vs threads 0.65 (0.80, 0.50)" in out
+    assert "1.5-7.5 runners saturate it" in out
+    assert records[0]["over_rounds"]["throughput"] == 100.0  # of 100, 90 and 200
+
+
+@pytest.mark.ray
+def test_throughput_sweeps_threads_and_ray_runners_and_leaves_no_ray_process(
+        tmp_path, capsys, monkeypatch):
+    """`--sweep=runner=threads,ray` in this process: the Ray row steps the threads row's envs
+    (2 runners x 4), has its round trip and each runner's env steps/s and a ratio to the
+    threads row; the Ray it started is gone at the end."""
+    ray = pytest.importorskip("ray")
+    warm_up_after_the_first_training(monkeypatch)
+    before = descendants(os.getpid())
+    seen: dict[int, str] = {}
+    watching = threading.Event()
+
+    def watch():  # Ray's processes (GCS, raylet, workers) are this process's descendants
+        while not watching.is_set():
+            seen.update({p: s for p, s in descendants(os.getpid()).items() if p not in before})
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    out = tmp_path / "t.json"
+    try:
+        code = throughput.main(
+            ["--seconds=0.5", "--warmup=0.1", f"--json={out}", "--sweep=runner=threads,ray",
+             *TINY], pace=throughput.Pace(settle_seconds=0.25, min_ceiling_seconds=0.25))
+    finally:
+        watching.set()
+        watcher.join(5)
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr[-3000:]
+    threads_row, ray_row = json.loads(out.read_text())
+    assert ray_row["sweep"] == {"runner": "ray", "num_runners": "2"}
+    assert ray_row["config"]["pipeline"]["runner"] == "ray"
+    assert threads_row["num_envs"] == ray_row["num_envs"] == 8
+    for r in (threads_row, ray_row):
+        assert FIELDS <= set(r), FIELDS - set(r)
+        assert math.isfinite(r["throughput"]) and r["throughput"] > 0
+    assert threads_row["round_trip_p50_ms"] is None and not threads_row["runner_env_steps_per_s"]
+    assert "vs_threads" not in threads_row
+    for prefix in ("", "ceiling_"):  # the pipeline's window, and the free model's
+        assert 0 < ray_row[f"{prefix}round_trip_p50_ms"] <= ray_row[f"{prefix}round_trip_p95_ms"]
+        assert set(ray_row[f"{prefix}runner_env_steps_per_s"]) == {"runner-0", "runner-1"}
+        spread = ray_row[f"{prefix}runner_env_steps_per_s_stats"]
+        assert 0 < spread["min"] <= spread["median"] <= spread["max"]
+    assert math.isfinite(ray_row["vs_threads"]) and ray_row["vs_threads"] > 0
+    assert ray_row["vs_threads_label"] == "runner=threads"
+    assert "rtt ms p50/p95" in stdout and "runner=ray num_runners=2" in stdout
+    assert not ray.is_initialized()
+    assert len(seen) >= 3, seen  # at least GCS, raylet and a runner's worker
+    deadline = time.monotonic() + 30
+    while any(alive(p, s) for p, s in seen.items()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p, s in seen.items() if alive(p, s)]
+
+
 def test_throughput_bad_sweep_is_one_line():
     proc = subprocess.run([sys.executable, "benchmarks/throughput.py", "--sweep=num_agents"],
                           cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "throughput.py: error: --sweep='num_agents': expected name=v1,v2,..."]
+        "throughput.py: error: --sweep='num_agents': expected name=v1,v2,... or "
+        "name1/name2=a1/a2,b1/b2,..."]
 
 
 def test_solve_point_finds_the_first_window_at_target(tmp_path):
