@@ -19,13 +19,14 @@ the flags given) it runs, one after another in this process:
 `--sweep=runner=threads,ray` measures the Ray runners (`ga3c.ray_runner`) beside the agent
 threads with the same envs: a swept `runner=ray` row without a `num_runners` of its own
 (swept or given) runs `num_runners` = the row's `num_agents` (its `num_agents` is shown as
-`num_runners`), so it steps as many envs as the threads row beside it. One local Ray (or `--ray_address`'s cluster)
-serves every configuration of the run and is shut down at its end. Flags that must move
-together make one axis: `--sweep=runner/num_agents/envs_per_agent=threads/2/16,ray/4/8`. A Ray
-row's env-only ceiling is its own runners with the free model (so it includes the transport),
-and its throughput is also given as a fraction of the best threads row with as many envs
-(`vs_threads`), with each runner's env steps/s and the round trip of a group step (actions
-sent -> observations back, p50/p95).
+`num_runners`), so it steps as many envs as the threads row beside it. One local Ray (or
+`--ray_address`'s cluster) serves every configuration of the run and is shut down at its
+end. Flags that must move together make one axis:
+`--sweep=runner/num_agents/envs_per_agent=threads/2/16,ray/4/8`. A Ray row's env-only ceiling
+is its own runners with the free model (so it includes the transport), and its throughput is
+also given as a fraction of the best threads row with as many envs (`vs_threads`), with each
+runner's env steps/s and the round trip of a group step (actions sent -> observations back,
+p50/p95).
 
 `--rounds=N` measures the whole grid N times, one pass after another, and prints each
 configuration's medians over its rounds (a Ray row is compared with the threads rows of its own
@@ -126,10 +127,12 @@ def child_cpu_percent(before: dict, after: dict, wall: float) -> dict:
     """CPU use (% of one core) of this process's children between two `child_cpu_seconds`:
     all of them (`ray_cpu_percent`: a local Ray's processes) and the runner actors'
     (`runner_cpu_percent`); None without any."""
-    used = {pid: (name, sec - before.get(pid, (name, 0.0))[1]) for pid, (name, sec) in after.items()}
+    used = {pid: (name, sec - before.get(pid, (name, 0.0))[1])
+            for pid, (name, sec) in after.items()}
     runners = [sec for name, sec in used.values() if name.startswith("ray::EnvRunner")]
-    return dict(ray_cpu_percent=100.0 * sum(s for _, s in used.values()) / wall if used else None,
-                runner_cpu_percent=100.0 * sum(runners) / wall if runners else None)
+    return dict(
+        ray_cpu_percent=100.0 * sum(sec for _, sec in used.values()) / wall if used else None,
+        runner_cpu_percent=100.0 * sum(runners) / wall if runners else None)
 
 
 def gpu_utilisation() -> float | None:
@@ -537,7 +540,9 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="measured window")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring")
-    parser.add_argument("--sweep", action="append", default=[], help="name=v1,v2,... (repeat)")
+    parser.add_argument("--sweep", action="append", default=[],
+                        help="name=v1,v2,... or, flags that move together, a/b=a1/b1,a2/b2,... "
+                             "(repeat)")
     parser.add_argument("--json", default="throughput.json", help="records, one per config")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure the whole grid this many times, one pass after another, "
