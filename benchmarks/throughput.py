@@ -76,6 +76,7 @@ from ga3c.cli import import_tensorflow_quietly, parse_config  # noqa: E402
 from ga3c.errors import UserError  # noqa: E402
 from ga3c.config import Config  # noqa: E402
 from ga3c.fakes import FakePredict, FakeTrain  # noqa: E402
+from ga3c.procs import descendants  # noqa: E402
 from ga3c.returns import Transitions  # noqa: E402
 from ga3c.stats import Stats, peak_rss_mib  # noqa: E402
 from ga3c.threads import POLL_SECONDS, Failure  # noqa: E402
@@ -100,27 +101,7 @@ def child_cpu_seconds() -> dict[int, tuple[str, float]]:
     """{pid: (name, CPU seconds so far)} of every living process below this one (Linux /proc;
     empty elsewhere): a local Ray's GCS, raylet and workers, a runner actor's named
     "ray::EnvRunner"."""
-    parents, stats = {}, {}
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                name, fields = f.read().split(" (", 1)[1].rsplit(")", 1)
-        except (OSError, IndexError, ValueError):
-            continue
-        fields = fields.split()
-        parents[int(entry)] = int(fields[1])
-        stats[int(entry)] = (name, (int(fields[11]) + int(fields[12])) / tick)
-    below, frontier = {}, [os.getpid()]
-    while frontier:
-        parent = frontier.pop()
-        for pid, pp in parents.items():
-            if pp == parent and pid not in below:
-                below[pid] = stats[pid]
-                frontier.append(pid)
-    return below
+    return {pid: (p.name, p.cpu_seconds) for pid, p in descendants(os.getpid()).items()}
 
 
 def child_cpu_percent(before: dict, after: dict, wall: float) -> dict:

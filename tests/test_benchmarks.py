@@ -5,14 +5,13 @@ import math
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from ga3c.autotune import Autotuner
 from tests.test_cli import REPO, TINY, cli_env
-from tests.test_ray import alive, descendants
+from tests.test_ray import assert_all_gone, new_descendants
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import throughput  # noqa: E402
@@ -159,25 +158,11 @@ def test_throughput_sweeps_threads_and_ray_runners_and_leaves_no_ray_process(
     threads row; the Ray it started is gone at the end."""
     ray = pytest.importorskip("ray")
     warm_up_after_the_first_training(monkeypatch)
-    before = descendants(os.getpid())
-    seen: dict[int, str] = {}
-    watching = threading.Event()
-
-    def watch():  # Ray's processes (GCS, raylet, workers) are this process's descendants
-        while not watching.is_set():
-            seen.update({p: s for p, s in descendants(os.getpid()).items() if p not in before})
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
     out = tmp_path / "t.json"
-    try:
+    with new_descendants() as seen:  # Ray's GCS, raylet and workers are this one's
         code = throughput.main(
             ["--seconds=0.5", "--warmup=0.1", f"--json={out}", "--sweep=runner=threads,ray",
              *TINY], pace=throughput.Pace(settle_seconds=0.25, min_ceiling_seconds=0.25))
-    finally:
-        watching.set()
-        watcher.join(5)
     stdout, stderr = capsys.readouterr()
     assert code == 0, stderr[-3000:]
     threads_row, ray_row = json.loads(out.read_text())
@@ -199,10 +184,7 @@ def test_throughput_sweeps_threads_and_ray_runners_and_leaves_no_ray_process(
     assert "rtt ms p50/p95" in stdout and "runner=ray num_runners=2" in stdout
     assert not ray.is_initialized()
     assert len(seen) >= 3, seen  # at least GCS, raylet and a runner's worker
-    deadline = time.monotonic() + 30
-    while any(alive(p, s) for p, s in seen.items()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [p for p, s in seen.items() if alive(p, s)]
+    assert_all_gone(seen)
 
 
 def test_throughput_bad_sweep_is_one_line():

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from ga3c.fakes import FakePredict, FakeVectorEnv
+from ga3c import procs
 from ga3c.predictor import PredictorGroup
 from ga3c.agent import deliver
 from ga3c.errors import RunError
@@ -259,25 +260,7 @@ def test_remote_runner_transitions_match_the_reference(ray_module):
 
 def descendants(pid: int) -> dict[int, str]:
     """{pid: start time} of every living (not zombie) process below `pid`."""
-    parents, starts = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            parents[int(entry)], starts[int(entry)] = int(fields[1]), fields[19]
-    found, frontier = {}, [pid]
-    while frontier:
-        p = frontier.pop()
-        for child, parent in parents.items():
-            if parent == p and child not in found:
-                found[child] = starts[child]
-                frontier.append(child)
-    return found
+    return {child: p.start for child, p in procs.descendants(pid).items() if p.state != "Z"}
 
 
 def alive(pid: int, start: str) -> bool:
