@@ -19,7 +19,11 @@ class UserError(Exception):
 
 class RunError(Exception):
     """A failure that ends a run as one line on stderr and exit code 1, without a traceback:
-    the message says what happened and where (not a bug in ga3c, so the stack adds nothing)."""
+    the message says what happened and where (not a bug in ga3c, so the stack adds nothing).
+    `keeps_model`: the failure did not touch the model (its source of data went away), so the
+    run still saves a final checkpoint, as a stop does, and the same command resumes."""
+
+    keeps_model = False
 
 
 class NonFiniteError(RunError):

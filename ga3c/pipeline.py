@@ -42,6 +42,7 @@ class Pipeline:
         self._stats, self._stop, self._failure, self._seed = stats, stop, failure, seed
         self._agents_made = 0
         self.agents: list[Worker] = []
+        self.watches: list[Worker] = []  # threads that only watch (the Ray cluster's GCS)
 
     def _new_agent(self) -> Worker:
         """Agent (or Ray runner) i steps envs seeded seed + i * envs_per_agent ... (distinct
@@ -68,6 +69,11 @@ class Pipeline:
         p = self.config.pipeline
         self.predictors.start(p.num_predictors)
         self.trainers.start(p.num_trainers)
+        if p.runner == "ray":
+            from ga3c.ray_runner import ClusterWatch
+
+            self.watches.append(ClusterWatch(self._stop, self._failure))
+            self.watches[-1].start()
         for _ in range(p.num_runners if p.runner == "ray" else p.num_agents):
             self.add_agent()
 
@@ -107,7 +113,8 @@ class Pipeline:
     def join(self, seconds: float = JOIN_SECONDS) -> list[str]:
         """Wait (bounded) for every thread after the stop event is set; names of stragglers."""
         deadline = time.monotonic() + seconds
-        threads = [*self.agents, *self.predictors.threads, *self.trainers.threads]
+        threads = [*self.agents, *self.predictors.threads, *self.trainers.threads,
+                   *self.watches]
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
         return [t.name for t in threads if t.is_alive()]

@@ -46,6 +46,8 @@ START_SECONDS = 300.0  # a new actor's first reply: process start, imports, env 
 CALL_SECONDS = 60.0  # any later reply (one vector step of one group)
 MAX_RESTARTS = 3  # Ray restarts a runner actor that died this many times, then the run fails
 ACTOR_CPUS = 1  # CPUs a runner reserves in Ray's scheduler (spreads runners over nodes)
+WATCH_SECONDS = 1.0  # how often the learner checks that the cluster's GCS still answers
+WATCH_MISSES = 3  # checks in a row without an answer that mean the cluster is gone
 
 
 def require_ray():
@@ -64,6 +66,15 @@ def group_sizes(num_envs: int, groups: int = GROUPS) -> list[int]:
     return [num_envs // g + (i < num_envs % g) for i in range(g)]
 
 
+def _unreachable(host: str, port: int, seconds: float) -> str | None:
+    """Why a TCP connection to host:port fails within `seconds`, or None if it succeeds."""
+    try:
+        socket.create_connection((host, port), timeout=seconds).close()
+    except OSError as exc:
+        return exc.strerror or first_line(exc)
+    return None
+
+
 def _check_reachable(address: str, seconds: float = 3.0) -> None:
     """A `host:port` address must accept a TCP connection: Ray's own client retries an
     unreachable GCS for a long time and prints C++ warnings meanwhile, instead of failing."""
@@ -71,11 +82,60 @@ def _check_reachable(address: str, seconds: float = 3.0) -> None:
     if not sep or not port.isdigit():
         raise UserError(f"--ray_address={address!r}: must be host:port, 'auto' (a cluster "
                         "started on this machine) or ray://host:port")
+    why = _unreachable(host, int(port), seconds)
+    if why:
+        raise UserError(f"--ray_address={address!r}: cannot reach a Ray cluster there ({why})")
+
+
+class ClusterLost(RunError):
+    """The Ray cluster went away under the run; the model, here, is intact and saved."""
+
+    keeps_model = True
+
+
+def gcs_address(ray) -> str | None:
+    """The connected cluster's GCS host:port; None in Ray Client mode (ray://)."""
     try:
-        socket.create_connection((host, int(port)), timeout=seconds).close()
-    except OSError as exc:
-        raise UserError(f"--ray_address={address!r}: cannot reach a Ray cluster there "
-                        f"({exc.strerror or first_line(exc)})") from None
+        return ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - Ray Client mode, or a Ray without it
+        return None
+
+
+def cluster_lost(address: str | None, stop: threading.Event) -> ClusterLost | None:
+    """ClusterLost if the GCS at `address` refuses WATCH_MISSES connections in a row,
+    WATCH_SECONDS apart; None as soon as one succeeds (or no address, or `stop` is set)."""
+    if not address:
+        return None
+    host, _, port = address.rpartition(":")
+    for miss in range(1, WATCH_MISSES + 1):
+        why = _unreachable(host, int(port), WATCH_SECONDS)
+        if not why:
+            return None
+        if miss == WATCH_MISSES or stop.wait(WATCH_SECONDS):
+            break
+    return ClusterLost(f"the Ray cluster is gone: its GCS at {address} has not answered "
+                       f"{miss} check{'s' * (miss > 1)} in a row ({why})")
+
+
+class ClusterWatch(Worker):
+    """Checks every WATCH_SECONDS that the cluster's GCS accepts a connection, and fails the
+    run with one line (ClusterLost: exit 1, after a final checkpoint) once it has not for
+    WATCH_MISSES checks in a row. Without it a lost cluster looks like runners that stopped
+    answering, until Ray's core worker gives up on the GCS (60 s) and ends this process from
+    C++, with no checkpoint and a log line about gcs_server.out. (A runner whose actor died
+    asks the same question before it fails the run.)"""
+
+    def __init__(self, stop: threading.Event, failure: Failure) -> None:
+        super().__init__("ray-cluster-watch", stop, failure)
+
+    def work(self) -> None:
+        import ray
+
+        address = gcs_address(ray)
+        while address and not self.stop_event.wait(WATCH_SECONDS):
+            lost = cluster_lost(address, self.stop_event)
+            if lost is not None:
+                raise lost
 
 
 @contextlib.contextmanager
@@ -146,6 +206,13 @@ class EnvRunner:
             self.close()
             raise
 
+    def where(self) -> str:
+        """The host, Ray node and process this actor runs in (for the runner's log line)."""
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() or "?"
+        return f"{socket.gethostname()} (node {node[:8]}, pid {os.getpid()})"
+
     def reset(self, group: int, seed: int) -> np.ndarray:
         return self.groups[group].reset(seed)
 
@@ -209,11 +276,14 @@ class RemoteRunner(Worker):
         self.unsent = [0] * len(sizes)
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         self.actor = None
+        self._where = None  # the ref of where(), asked of each new (or restarted) actor
+        self._gcs = None  # the cluster's GCS address (see `_failed`)
         self.started = threading.Event()  # its actor answered (started, envs made)
 
     def work(self) -> None:
         import ray
 
+        self._gcs = gcs_address(ray)
         remote = ray.remote(num_cpus=ACTOR_CPUS, max_restarts=self.max_restarts)(EnvRunner)
         self.actor = remote.remote(self._makers, self._n_step, self._gamma,
                                    self._clip_rewards, self._episodic_life)
@@ -250,6 +320,9 @@ class RemoteRunner(Worker):
                 break  # retired while a reset was in flight
             self.started.set()
             seconds, recovering_until = CALL_SECONDS, None
+            if self._where is not None:  # answered before the reset: the actor's calls
+                where, self._where = self._where, None  # run in order
+                log(f"{self.name}: its actor runs on {ray.get(where, timeout=CALL_SECONDS)}")
             if isinstance(result, StepResult):
                 self._stats.add_round_trip(time.monotonic() - call.sent)
                 self.unsent[call.group] = result.unsent
@@ -274,6 +347,7 @@ class RemoteRunner(Worker):
         """Reset calls for every group; after a restart (`round_` > 0) with new seeds, so the
         restarted envs do not replay the episodes they played before."""
         shift = round_ * 1_000_003
+        self._where = self.actor.where.remote()
         return [Call(g, self.actor.reset.remote(g, (s + shift) % 2**31), time.monotonic(),
                      step=False) for g, s in enumerate(self._seeds)]
 
@@ -289,8 +363,8 @@ class RemoteRunner(Worker):
             self.deaths += 1
             what = self._drop(lost)
             if self.deaths > self.max_restarts:
-                raise RunError(f"{self.name}: its Ray actor died {self.deaths} times, the "
-                               f"last: {first_line(exc)} ({what})")
+                raise self._failed(f"{self.name}: its Ray actor died {self.deaths} times, "
+                                   f"the last: {first_line(exc)} ({what})")
             log(f"{self.name}: its Ray actor died ({first_line(exc)}); {what}; Ray restarts "
                 f"it ({self.deaths} of at most {self.max_restarts})")
             return now + START_SECONDS
@@ -298,10 +372,15 @@ class RemoteRunner(Worker):
         # while the actor restarts too: asked again until recovery gives up.
         if (isinstance(exc, getattr(ray.exceptions, "ActorDiedError", ()))
                 or now > recovering_until):
-            raise RunError(f"{self.name}: its Ray actor did not come back after dying: "
-                           f"{first_line(exc)}")
+            raise self._failed(f"{self.name}: its Ray actor did not come back after dying: "
+                               f"{first_line(exc)}")
         self.stop_event.wait(POLL_SECONDS)  # restarting: ask again shortly
         return recovering_until
+
+    def _failed(self, message: str) -> RunError:
+        """The error that ends the run when this runner's actor is gone for good: ClusterLost
+        if the whole cluster went (see `ClusterWatch`), else a RunError with `message`."""
+        return cluster_lost(self._gcs, self.stop_event) or RunError(message)
 
     def _drop(self, lost: list[Call]) -> str:
         """The actor died: count what it took with it (its groups' unsent transitions, the

@@ -187,7 +187,7 @@ class Service:
                 self.failure.record(threading.current_thread().name, WriteError(
                     f"cannot write {os.path.join(self.run_dir.path, what)}: "
                     f"{write_error_reason(exc)}"))
-        if not self.failure:
+        if not self.failure or getattr(self.failure.exception, "keeps_model", False):
             try:
                 self._save()
             except (RunError, TimeoutError) as exc:
@@ -243,6 +243,9 @@ class Service:
             result.error = message
         elif isinstance(exc, RunError):
             result.error = str(exc)
+            if exc.keeps_model:
+                result.error += (f"; {self.checkpointer.latest_note()} (the same command "
+                                 "resumes from it)")
         else:
             result.failed_thread = self.failure.thread_name
             result.traceback = self.failure.traceback

@@ -6,17 +6,21 @@ tests that start one (`ray_module`) are skipped when the `ray` package is not in
 (`pip install -e '.[ray]'`). Each test that starts a Ray pays its start-up (10-15 s on a
 loaded 2-core machine). The ones that run ga3c-train with a Ray: a CartPole run that trains,
 a runner killed mid-run (`ray.kill`) and restarted, runners added and retired by
---autotune, and CartPole solved through two runners on a local Ray of 2 CPUs (also `slow`).
+--autotune, and CartPole solved through two runners on a local Ray of 2 CPUs (also `slow`);
+and, on an existing cluster of several nodes on this machine (tests/ray_cluster.py), runners
+spread over its nodes, and the cluster lost under a run.
 """
 
 import contextlib
 import functools
+import json
 import os
 import re
 import subprocess
 import sys
 import threading
 import time
+from select import select as wait_readable
 
 import numpy as np
 import pytest
@@ -31,7 +35,8 @@ from ga3c.returns import Transitions, reference_transitions
 from ga3c.stats import Stats
 from ga3c.threads import Failure
 from tests.fake_vector_env import LENGTHS, TaggedFakeEnv
-from tests.test_cli import REPO, TINY, assert_one_line_error, checkpoint_counters, train_cli
+from tests.test_cli import (REPO, TINY, Cli, assert_one_line_error, checkpoint_counters,
+                            cli_env, train_cli)
 from tests.test_learning import best_mean100
 
 
@@ -598,3 +603,135 @@ def test_autotune_adds_and_retires_ray_runners(tmp_path, ray_module, monkeypatch
         assert steps.get(runner.name, 0) == runner.built() + sum(runner.unsent)
     assert not ray_module.is_initialized()
     assert_all_gone(seen)
+
+
+class RayCluster:
+    """tests/ray_cluster.py in a subprocess: an existing Ray cluster of `nodes` worker nodes
+    (each its own raylet and object store, as separate machines would be) and a head node
+    with no CPUs, which ga3c-train joins with --ray_address. `ask` sends it a command."""
+
+    def __init__(self, tmp_path, nodes: int = 2, cpus: int = 1) -> None:
+        self.stderr = open(tmp_path / "cluster.err", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "tests", "ray_cluster.py"), str(nodes),
+             str(cpus)], cwd=REPO, env=cli_env(), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        started = self._answer(120)
+        self.address, self.nodes = started["address"], started["nodes"]
+
+    def _answer(self, seconds: float):
+        ready, _, _ = wait_readable([self.proc.stdout], [], [], seconds)
+        assert ready, f"tests/ray_cluster.py did not answer in {seconds} s"
+        line = self.proc.stdout.readline()
+        assert line, open(self.stderr.name).read()[-3000:]
+        return json.loads(line)
+
+    def ask(self, command: str, seconds: float = 60):
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._answer(seconds)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.stderr.close()
+
+
+@pytest.fixture
+def ray_cluster(tmp_path, ray_module):
+    """A RayCluster of 2 worker nodes x 1 CPU; at the end every process it started is gone
+    (and the address file Ray leaves for `ray.init()` names no dead cluster)."""
+    with new_descendants() as seen:
+        cluster = RayCluster(tmp_path)
+        try:
+            yield cluster
+        finally:
+            cluster.close()
+    assert_all_gone(seen)
+
+
+def actor_nodes(stdout: str) -> list[str]:
+    """The node ids (first 8 hex digits) of the runner actors' log lines, in order."""
+    return re.findall(r"runner-\d+: its actor runs on \S+ \(node ([0-9a-f]{8}), pid \d+\)",
+                      stdout)
+
+
+@pytest.mark.ray
+def test_runners_spread_over_the_nodes_of_an_existing_cluster(tmp_path, ray_cluster):
+    """`--ray_address` of a running cluster of two worker nodes (1 CPU each, none on the
+    head): each runner's actor is placed on a node of its own and says where it runs, the
+    run trains through both, and the cluster is left as it was: its nodes alive, no runner
+    actor of the run holding its CPU."""
+    logdir = tmp_path / "run"
+    cli = Cli(*TINY, f"--logdir={logdir}", "--runner=ray", "--num_runners=2",
+              f"--ray_address={ray_cluster.address}", "--max_env_steps=3000")
+    try:
+        cli.proc.wait(240)
+    finally:
+        cli.kill()
+    assert cli.proc.returncode == 0, (cli.stdout[-2000:], cli.stderr[-3000:])
+    nodes = actor_nodes(cli.stdout)
+    assert len(nodes) == 2 and set(nodes) == {n[:8] for n in ray_cluster.nodes}, cli.stdout
+    env_steps, episodes, updates = checkpoint_counters(logdir)
+    assert env_steps >= 3000 and episodes > 0 and updates > 0
+    assert len(ray_cluster.ask("nodes")) == 3  # the head and both workers
+    assert ray_cluster.ask("free_cpus") == [2, 2]  # no runner actor holds one
+
+
+@pytest.mark.ray
+def test_a_lost_cluster_is_one_line_exit_1_and_a_checkpoint(tmp_path, ray_cluster):
+    """The whole cluster goes (GCS, raylets, the runners' workers) under a run: within
+    seconds, before Ray's core worker would end the process on its own (60 s without its
+    GCS), the run stops with one line naming the lost cluster, exit 1, and a final
+    checkpoint it resumes from."""
+    logdir = tmp_path / "run"
+    cli = Cli(*TINY, f"--logdir={logdir}", "--runner=ray", "--num_runners=2",
+              f"--ray_address={ray_cluster.address}", "--max_seconds=300",
+              "--target_score=100000", "--checkpoint_every_seconds=1000")
+    try:
+        for runner in ("runner-0", "runner-1"):
+            cli.wait_for(f"{runner}: its actor runs on", timeout=180)
+        cli.wait_for("ev ", timeout=60)  # trained
+        assert ray_cluster.ask("kill") == "killed"
+        t0 = time.monotonic()
+        cli.proc.wait(60)
+        seconds = time.monotonic() - t0
+    finally:
+        cli.kill()
+    assert cli.proc.returncode == 1, (cli.stdout[-2000:], cli.stderr[-3000:])
+    assert seconds < 30, seconds
+    lines = cli.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in cli.stderr, cli.stderr[-3000:]
+    assert lines[0].startswith("ga3c: error: the Ray cluster is gone: its GCS at "
+                               f"{ray_cluster.address} has not answered 3 checks"), lines[0]
+    assert "(the same command resumes from it)" in lines[0], lines[0]
+    env_steps, episodes, updates = checkpoint_counters(logdir)
+    assert env_steps > 0 and updates > 0
+    assert f"ckpt-{env_steps}" in lines[0], lines[0]
+
+
+def test_cluster_lost_only_after_the_gcs_misses_every_check(monkeypatch):
+    """Without Ray: a GCS address that accepts connections is not lost; one that refuses
+    them is, after WATCH_MISSES checks in a row (the message names it and how many); a
+    stop during the checks ends them."""
+    import socket
+
+    from ga3c import ray_runner
+
+    monkeypatch.setattr(ray_runner, "WATCH_SECONDS", 0.01)
+    stop = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        assert ray_runner.cluster_lost(address, stop) is None
+    lost = ray_runner.cluster_lost(address, stop)  # the port is closed now
+    assert isinstance(lost, ray_runner.ClusterLost) and lost.keeps_model
+    assert str(lost).startswith(f"the Ray cluster is gone: its GCS at {address} has not "
+                                f"answered {ray_runner.WATCH_MISSES} checks in a row ("), lost
+    stop.set()
+    assert "has not answered 1 check in a row" in str(ray_runner.cluster_lost(address, stop))
+    assert ray_runner.cluster_lost(None, stop) is None  # Ray Client mode: not watched
