@@ -703,6 +703,7 @@ def test_a_lost_cluster_is_one_line_exit_1_and_a_checkpoint(tmp_path, ray_cluste
         seconds = time.monotonic() - t0
     finally:
         cli.kill()
+    print(f"the run ended {seconds:.1f} s after its cluster's head node was killed")
     assert cli.proc.returncode == 1, (cli.stdout[-2000:], cli.stderr[-3000:])
     assert seconds < 30, seconds
     lines = cli.stderr.strip().splitlines()
