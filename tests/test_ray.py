@@ -663,13 +663,14 @@ def actor_nodes(stdout: str) -> list[str]:
 
 @pytest.mark.ray
 def test_runners_spread_over_the_nodes_of_an_existing_cluster(tmp_path, ray_cluster):
-    """`--ray_address` of a running cluster of two worker nodes (1 CPU each, none on the
-    head): each runner's actor is placed on a node of its own and says where it runs, the
-    run trains through both, and the cluster is left as it was: its nodes alive, no runner
-    actor of the run holding its CPU."""
+    """`--ray_address=auto` (as after `ray start --head` on this machine) joins a running
+    cluster of two worker nodes (1 CPU each, none on the head): each runner's actor is
+    placed on a node of its own and says where it runs, the run trains through both, and the
+    cluster is left as it was: its nodes alive, no runner actor of the run holding its CPU.
+    (The lost-cluster test below gives the address as host:port.)"""
     logdir = tmp_path / "run"
     cli = Cli(*TINY, f"--logdir={logdir}", "--runner=ray", "--num_runners=2",
-              f"--ray_address={ray_cluster.address}", "--max_env_steps=3000")
+              "--ray_address=auto", "--max_env_steps=3000")
     try:
         cli.proc.wait(240)
     finally:
@@ -685,8 +686,8 @@ def test_runners_spread_over_the_nodes_of_an_existing_cluster(tmp_path, ray_clus
 
 @pytest.mark.ray
 def test_a_lost_cluster_is_one_line_exit_1_and_a_checkpoint(tmp_path, ray_cluster):
-    """The whole cluster goes (GCS, raylets, the runners' workers) under a run: within
-    seconds, before Ray's core worker would end the process on its own (60 s without its
+    """The cluster's head node is killed under a run (its GCS and raylet; the worker nodes,
+    the runners' actors on them, are left cut off from it): within seconds, before Ray's core worker would end the process on its own (60 s without its
     GCS), the run stops with one line naming the lost cluster, exit 1, and a final
     checkpoint it resumes from."""
     logdir = tmp_path / "run"
