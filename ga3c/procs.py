@@ -19,22 +19,35 @@ class Proc(NamedTuple):
     cpu_seconds: float  # user + system so far
 
 
+TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process(pid: int) -> Proc | None:
+    """One process as /proc/PID/stat shows it now; None if there is none (or it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            name, fields = f.read().split(" (", 1)[1].rsplit(")", 1)
+    except (OSError, IndexError, ValueError):
+        return None
+    fields = fields.split()
+    return Proc(int(fields[1]), name, fields[0], fields[19],
+                (int(fields[11]) + int(fields[12])) / TICK)
+
+
 def processes() -> dict[int, Proc]:
     """Every process readable now, by pid."""
     table = {}
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                name, fields = f.read().split(" (", 1)[1].rsplit(")", 1)
-        except (OSError, IndexError, ValueError):
-            continue
-        fields = fields.split()
-        table[int(entry)] = Proc(int(fields[1]), name, fields[0], fields[19],
-                                 (int(fields[11]) + int(fields[12])) / tick)
+        if entry.isdigit() and (proc := process(int(entry))) is not None:
+            table[int(entry)] = proc
     return table
+
+
+def alive(pid: int, start: str) -> bool:
+    """The process `pid` that started at `start` still runs (not a zombie, not a new process
+    that got its pid)."""
+    proc = process(pid)
+    return proc is not None and proc.state != "Z" and proc.start == start
 
 
 def descendants(pid: int) -> dict[int, Proc]:

@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 
-from ga3c.procs import descendants, processes
+from ga3c.procs import alive, descendants
 
 
 def main(nodes: int, cpus: int) -> None:
@@ -61,9 +61,8 @@ def main(nodes: int, cpus: int) -> None:
             cluster.shutdown()
         # What a raylet started (its dashboard and runtime-env agents) outlives the raylet
         # when that is killed, hanging on to the dead GCS: stopped by id, as seen alive.
-        now = processes()
         for pid, proc in started.items():
-            if pid in now and now[pid].start == proc.start and now[pid].state != "Z":
+            if alive(pid, proc.start):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
 

@@ -268,15 +268,6 @@ def descendants(pid: int) -> dict[int, str]:
     return {child: p.start for child, p in procs.descendants(pid).items() if p.state != "Z"}
 
 
-def alive(pid: int, start: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z" and fields[19] == start
-
-
 @contextlib.contextmanager
 def new_descendants():
     """{pid: start time} of every process this one starts (Ray's GCS, raylet and workers
@@ -301,10 +292,9 @@ def new_descendants():
 
 def assert_all_gone(seen: dict[int, str], seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
-    while any(alive(p, s) for p, s in seen.items()) and time.monotonic() < deadline:
+    while any(procs.alive(p, s) for p, s in seen.items()) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = {p: open(f"/proc/{p}/cmdline").read().replace("\0", " ")[:120]
-            for p, s in seen.items() if alive(p, s)}
+    left = {p: procs.process(p) for p, s in seen.items() if procs.alive(p, s)}
     assert not left, left
 
 
