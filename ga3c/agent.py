@@ -60,10 +60,6 @@ class StepResult(NamedTuple):
     steps: int  # env steps that count (transitions: not the autoreset steps)
     returns: np.ndarray  # of the episodes that ended at this step
     lengths: np.ndarray
-    # Transitions the stepper holds after this step, in segments not full yet: a Ray runner's
-    # learner side keeps the latest per group, so an actor's death counts exactly what it
-    # took with it (its segments' rows, never delivered; their env steps were counted).
-    unsent: int = 0
 
 
 def deliver(result: StepResult, stats, training_queue, worker: Worker,
@@ -75,41 +71,49 @@ def deliver(result: StepResult, stats, training_queue, worker: Worker,
     return result.segment is None or put_until_stopped(training_queue, result.segment, worker)
 
 
-class EnvStepper:
-    """One vector of envs and its n-step bookkeeping, stepped from outside.
+class Bookkeeper:
+    """The n-step bookkeeping of one vector of envs stepped elsewhere: what an env step
+    means for training (transitions, episodes, lives), apart from the stepping itself.
 
-    `reset(seed)` returns the first observations; `step(actions, version)` applies one action
-    per waiting env and returns the next observations with what the step produced (full
-    segments, finished episodes). An agent thread drives one with its own predictions; a Ray
-    runner (`ga3c.ray_runner`) drives several in another process with actions chosen by the
-    learner: one implementation of the bookkeeping for both, so their transitions agree.
+    `begin(ids, obs, info)` takes the first observations (of `envs.reset`); `act(actions,
+    version)` records the actions chosen for the waiting envs (and the model version that
+    chose them) and returns what to send to the envs; `observe(...)` takes what the envs'
+    `recv()` returned and says what the step produced (full segments, finished episodes).
+    `EnvStepper` joins it to envs in the same thread (an agent); a Ray runner's learner-side
+    thread (`ga3c.ray_runner`) keeps one per env group whose envs step in another process:
+    one implementation of the bookkeeping for both, so their transitions agree.
     """
 
-    def __init__(self, envs, n_step: int, gamma: float, clip_rewards: bool = False,
-                 episodic_life: bool = False) -> None:
-        self.envs = envs if isinstance(envs, LockStepEnvs) else LockStepEnvs(envs)
-        space = self.envs.single_observation_space
-        E = self.num_envs = self.envs.num_envs
+    def __init__(self, num_envs: int, obs_shape, obs_dtype, n_step: int, gamma: float,
+                 clip_rewards: bool = False, episodic_life: bool = False) -> None:
+        E = self.num_envs = num_envs
         self._builder = NStepBuilder(
-            E, n_step, gamma, space.shape,
-            np.float32 if np.issubdtype(space.dtype, np.floating) else space.dtype)
+            E, n_step, gamma, obs_shape,
+            np.float32 if np.issubdtype(obs_dtype, np.floating) else obs_dtype)
         self._tracker = EpisodeTracker(E)
         self._lives = LifeCounter(E) if episodic_life else None
         self._clip_rewards = clip_rewards
         self._started = np.zeros(E, dtype=bool)  # has the env's first (reset) obs arrived?
         self._actions = np.zeros(E, dtype=np.int64)  # last action sent to each env ...
         self._versions = np.zeros(E, dtype=np.int64)  # ... and the model version that chose it
-        self._ids = np.arange(E)  # the envs whose observations wait for actions
+        self._ids = np.arange(E)  # the envs whose observations wait for actions ...
+        self.obs: np.ndarray | None = None  # ... and those observations
 
-    def reset(self, seed: int) -> np.ndarray:
-        self._ids, obs, info = self.envs.reset(seed)
-        self._begin(obs, info)
-        return obs
+    @classmethod
+    def of(cls, envs, *args, **kwargs) -> "Bookkeeper":
+        """The bookkeeping for `envs` (a vector env: its num_envs and observation space)."""
+        space = envs.single_observation_space
+        return cls(envs.num_envs, space.shape, space.dtype, *args, **kwargs)
 
-    def _begin(self, obs: np.ndarray, info: dict) -> None:
+    @property
+    def held(self) -> int:
+        """Transitions in segments not full yet (what a flush would return)."""
+        return self._builder.held
+
+    def begin(self, ids: np.ndarray, obs: np.ndarray, info: dict) -> None:
         """First observations (after reset, or an async env's first showing): no step to
         record, the envs' segments start there."""
-        ids = self._ids
+        self._ids, self.obs = ids, obs
         fresh = ~self._started[ids]
         if fresh.any():
             self._builder.reset(obs[fresh], ids[fresh])
@@ -117,15 +121,18 @@ class EnvStepper:
                 self._lives.reset(ids[fresh], {"lives": np.asarray(info["lives"])[fresh]})
             self._started[ids[fresh]] = True
 
-    def step(self, actions: np.ndarray, version: int) -> StepResult:
-        """Act on the waiting envs (one action each, in the order of the last observations)."""
-        builder, started = self._builder, self._started
+    def act(self, actions: np.ndarray, version: int) -> np.ndarray:
+        """Record one action per waiting env (in the order of the last observations);
+        returns the actions to send to the envs."""
         self._actions[self._ids] = actions
         self._versions[self._ids] = version
-        self.envs.send(self._actions[self._ids])
-        ids, obs, rewards, terminated, truncated, info = self.envs.recv()
-        self._ids = ids
-        stepped = started[ids]  # the others are first showings (see _begin)
+        return self._actions[self._ids]
+
+    def observe(self, ids: np.ndarray, obs: np.ndarray, rewards: np.ndarray,
+                terminated: np.ndarray, truncated: np.ndarray, info: dict) -> StepResult:
+        """What the envs returned for the actions sent (`recv()`'s six values)."""
+        builder, started = self._builder, self._started
+        stepped = started[ids]  # the others are first showings (see begin)
         rows = slice(None) if stepped.all() else stepped
         train_rewards = rewards[rows]
         if self._clip_rewards:  # training sees clipped rewards; the scores stay the game's
@@ -138,13 +145,37 @@ class EnvStepper:
         returns, lengths = self._tracker.add(rewards[rows], terminated[rows], truncated[rows],
                                              valid, ids[rows])
         segment = builder.flush(builder.full_envs()) if builder.full else None
-        self._begin(obs, info)
-        return StepResult(obs, segment, int(np.count_nonzero(valid)), returns, lengths,
-                          builder.held)
+        self.begin(ids, obs, info)
+        return StepResult(obs, segment, int(np.count_nonzero(valid)), returns, lengths)
 
     def flush(self) -> Transitions | None:
         """Every env's partial segment (a retiring agent's last transitions); None if none."""
         return self._builder.flush() if self._builder.pending else None
+
+
+class EnvStepper:
+    """One vector of envs and its bookkeeping (`Bookkeeper`), stepped in one thread.
+
+    `reset(seed)` returns the first observations; `step(actions, version)` applies one action
+    per waiting env and returns the next observations with what the step produced.
+    """
+
+    def __init__(self, envs, n_step: int, gamma: float, clip_rewards: bool = False,
+                 episodic_life: bool = False) -> None:
+        self.envs = LockStepEnvs.of(envs)
+        self.book = Bookkeeper.of(self.envs, n_step, gamma, clip_rewards, episodic_life)
+
+    def reset(self, seed: int) -> np.ndarray:
+        ids, obs, info = self.envs.reset(seed)
+        self.book.begin(ids, obs, info)
+        return obs
+
+    def step(self, actions: np.ndarray, version: int) -> StepResult:
+        self.envs.send(self.book.act(actions, version))
+        return self.book.observe(*self.envs.recv())
+
+    def flush(self) -> Transitions | None:
+        return self.book.flush()
 
     def close(self) -> None:
         self.envs.close()

@@ -174,6 +174,12 @@ class LockStepEnvs:
         self._ids = np.arange(env.num_envs)
         self._actions = None
 
+    @classmethod
+    def of(cls, envs) -> "LockStepEnvs":
+        """`envs` as they are if they are LockStepEnvs already, else a gymnasium vector env in
+        lock step."""
+        return envs if isinstance(envs, LockStepEnvs) else cls(envs)
+
     def reset(self, seed: int):
         obs, info = self.env.reset(seed=seed)
         return self._ids, obs, info

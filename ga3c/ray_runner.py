@@ -2,15 +2,20 @@
 feeding the central predictor and trainers of this process.
 
 Inference stays central and batched here; only the env stepping moves out. A runner is a Ray
-actor (`EnvRunner`) that owns `envs_per_agent` envs, split into `GROUPS` vector envs, and
-their n-step bookkeeping (`ga3c.agent.EnvStepper`, the agents' own code): for one group at a
-time it receives actions, steps the envs and returns their next observations with the
-transitions whose segments filled and the episodes that ended. Only observations (uint8
-frames for Atari), transitions and bootstrap states travel, never weights.
+actor (`EnvRunner`) that owns `envs_per_agent` envs, split into `GROUPS` vector envs: for one
+group at a time it receives actions, steps the envs and returns what they returned (next
+observations, rewards, terminated/truncated, lives). Each frame crosses once, as uint8: an
+Atari stack whose first frames are the ones the learner already has travels as its newest
+frame (`ga3c.frames`), and the n-step transitions are built on the learner side from the
+observations it predicted on, so no frame travels again inside a transition. Weights never
+travel. (Building the transitions in the actor, as this module first did, sent every frame
+twice, and a group's four-frame stacks went through Ray's object store: Pong ran at 0.67 of
+the threads runner's env steps/s on this 2-core machine; see the README's Scaling out.)
 
 On the learner side each runner is driven by a `RemoteRunner` thread, to the pipeline one more
-kind of agent: it passes a group's observations to the predictor group exactly as an `Agent`
-does, samples the actions like an agent and sends them back, and puts the transitions on the
+kind of agent: it keeps each group's bookkeeping (`ga3c.agent.Bookkeeper`, the agents' own
+code), passes a group's observations to the predictor group exactly as an `Agent` does,
+samples the actions like an agent and sends them back, and puts the transitions on the
 training queue and the episodes into `Stats`. The round trip is hidden by keeping every group
 in flight: while the actor steps group 0 (a sync actor runs its calls in order), the thread
 has group 1's observations predicted, so env stepping overlaps inference and transfer.
@@ -35,10 +40,11 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from ga3c.agent import EnvStepper, StepResult, deliver, sample_actions
+from ga3c.agent import Bookkeeper, deliver, sample_actions
+from ga3c.envs import LockStepEnvs
 from ga3c.errors import RunError, UserError, first_line
+from ga3c.frames import Packed, StackDecoder, StackEncoder
 from ga3c.predictor import PredictorGroup, ReplySlot
-from ga3c.returns import Transitions
 from ga3c.threads import POLL_SECONDS, Failure, Worker, log, put_until_stopped
 
 GROUPS = 2  # env groups per runner kept in flight (fewer if a runner has fewer envs)
@@ -191,20 +197,41 @@ def ray_session(address: str, num_runners: int):
         ray.shutdown()
 
 
+class Observed(NamedTuple):
+    """A runner actor's reply for one group: what its envs returned (`LockStepEnvs.recv`'s
+    values, or `reset`'s), the observations coded by `ga3c.frames` and of the info only the
+    lives (episodic life needs them)."""
+
+    ids: np.ndarray
+    obs: Packed
+    rewards: np.ndarray | None = None  # None: a reset's
+    terminated: np.ndarray | None = None
+    truncated: np.ndarray | None = None
+    lives: np.ndarray | None = None
+
+    @property
+    def info(self) -> dict:
+        return {} if self.lives is None else {"lives": self.lives}
+
+
+def _lives(info: dict) -> np.ndarray | None:
+    return None if "lives" not in info else np.asarray(info["lives"])
+
+
 class EnvRunner:
     """What a runner actor holds (plain Python: `ray.remote` wraps it in `RemoteRunner`, and
-    tests drive it directly). `make_envs[g]()` builds group g's envs in the actor's process."""
+    tests drive it directly): its groups' envs, each with the encoder of its observations.
+    `make_envs[g]()` builds group g's envs in the actor's process."""
 
-    def __init__(self, make_envs: Sequence[Callable], n_step: int, gamma: float,
-                 clip_rewards: bool = False, episodic_life: bool = False) -> None:
-        self.groups: list[EnvStepper] = []
+    def __init__(self, make_envs: Sequence[Callable]) -> None:
+        self.groups: list[LockStepEnvs] = []
         try:
             for make in make_envs:
-                self.groups.append(EnvStepper(make(), n_step, gamma, clip_rewards,
-                                              episodic_life))
+                self.groups.append(LockStepEnvs.of(make()))
         except BaseException:
             self.close()
             raise
+        self.encoders = [StackEncoder(g.num_envs) for g in self.groups]
 
     def where(self) -> str:
         """The host, Ray node and process this actor runs in (for the runner's log line)."""
@@ -213,15 +240,17 @@ class EnvRunner:
         node = ray.get_runtime_context().get_node_id() or "?"
         return f"{socket.gethostname()} (node {node[:8]}, pid {os.getpid()})"
 
-    def reset(self, group: int, seed: int) -> np.ndarray:
-        return self.groups[group].reset(seed)
+    def reset(self, group: int, seed: int) -> Observed:
+        ids, obs, info = self.groups[group].reset(seed)
+        return Observed(ids, self.encoders[group].encode(ids, obs, whole=True),
+                        lives=_lives(info))
 
-    def step(self, group: int, actions: np.ndarray, version: int) -> StepResult:
-        return self.groups[group].step(actions, version)
-
-    def flush(self) -> list[Transitions]:
-        """Every group's partial segments (a retiring runner's last transitions)."""
-        return [t for t in (g.flush() for g in self.groups) if t is not None]
+    def step(self, group: int, actions: np.ndarray) -> Observed:
+        envs = self.groups[group]
+        envs.send(actions)
+        ids, obs, rewards, terminated, truncated, info = envs.recv()
+        return Observed(ids, self.encoders[group].encode(ids, obs), rewards, terminated,
+                        truncated, _lives(info))
 
     def close(self) -> None:
         for g in self.groups:
@@ -245,13 +274,13 @@ class RemoteRunner(Worker):
     Group g of runner `index` is seeded `seed + (envs before it)`, so a runner's envs get the
     seeds an agent with the same envs would give them. An actor that dies (its process or
     node lost) is counted, logged and restarted by Ray up to MAX_RESTARTS times; its groups
-    start new episodes with fresh seeds. What it held is lost, and counted: the transitions
-    of its groups' unfinished segments (`StepResult.unsent` of each group's latest reply:
-    built from env steps already counted, never delivered; `dropped`, also in `Stats`), and
-    the group steps in flight (`lost_steps`: their env steps were never counted, and whether
-    the actor took them before it died is unknown). Nothing else: every segment it returned
-    is on the training queue. Any other exception (an env's, in the actor) fails the run
-    like an agent's.
+    start new episodes with fresh seeds. Its groups' unfinished segments are dropped (their
+    episodes cannot go on), and counted: their transitions (each group's bookkeeping's
+    `held`, as of its latest reply: built from env steps already counted, never delivered;
+    `dropped`, also in `Stats`), and the group steps in flight (`lost_steps`: their env steps
+    were never counted, and whether the actor took them before it died is unknown). Nothing
+    else: every segment completed is on the training queue. Any other exception (an env's,
+    in the actor) fails the run like an agent's.
     """
 
     def __init__(self, index: int, make_envs: Callable[[int], object], num_envs: int,
@@ -260,7 +289,7 @@ class RemoteRunner(Worker):
                  clip_rewards: bool = False, episodic_life: bool = False,
                  max_restarts: int = MAX_RESTARTS) -> None:
         super().__init__(f"runner-{index}", stop, failure)
-        sizes = group_sizes(num_envs)
+        self._sizes = sizes = group_sizes(num_envs)
         self._makers = [functools.partial(make_envs, n) for n in sizes]
         self._seeds = [seed + int(o) for o in np.cumsum([0, *sizes[:-1]])]
         self._n_step, self._gamma = n_step, gamma
@@ -272,9 +301,13 @@ class RemoteRunner(Worker):
         self.deaths = 0  # actor deaths seen (each one restarted by Ray, up to max_restarts)
         self.dropped = 0  # transitions lost with dead actors (see the class docstring)
         self.lost_steps = 0  # group steps in flight when an actor died
-        # per group: the transitions its envs hold, as of its latest reply (0 after a reset)
+        # per group: the transitions its bookkeeping holds in unfinished segments, as of its
+        # latest reply (what the actor's death drops: its episodes cannot go on)
         self.unsent = [0] * len(sizes)
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+        # per group, made at each reset reply: its bookkeeping and its observations' decoder
+        self._books: list[Bookkeeper | None] = [None] * len(sizes)
+        self._decoders: list[StackDecoder | None] = [None] * len(sizes)
         self.actor = None
         self._where = None  # the ref of where(), asked of each new (or restarted) actor
         self._gcs = None  # the cluster's GCS address (see `_failed`)
@@ -285,8 +318,7 @@ class RemoteRunner(Worker):
 
         self._gcs = gcs_address(ray)
         remote = ray.remote(num_cpus=ACTOR_CPUS, max_restarts=self.max_restarts)(EnvRunner)
-        self.actor = remote.remote(self._makers, self._n_step, self._gamma,
-                                   self._clip_rewards, self._episodic_life)
+        self.actor = remote.remote(self._makers)
         try:
             self._loop(ray)
         finally:
@@ -323,25 +355,43 @@ class RemoteRunner(Worker):
             if self._where is not None:  # answered before the reset: the actor's calls
                 where, self._where = self._where, None  # run in order
                 log(f"{self.name}: its actor runs on {ray.get(where, timeout=CALL_SECONDS)}")
-            if isinstance(result, StepResult):
+            if call.step:
                 self._stats.add_round_trip(time.monotonic() - call.sent)
-                self.unsent[call.group] = result.unsent
-                obs = result.obs
-                if not deliver(result, self._stats, self._training_queue, self, self.name):
+                if not self._deliver(call.group, result):
                     return
-            else:  # a reset's first observations
-                obs = result
+            else:
+                self._begin(call.group, result)
             if self.stopping:
                 break
-            reply = self._predictors.predict(obs, slot, self)
+            book = self._books[call.group]
+            reply = self._predictors.predict(book.obs, slot, self)
             if reply is None:
                 return
-            actions = sample_actions(reply.logits, self.rng)
-            pending.append(Call(call.group, self.actor.step.remote(call.group, actions,
-                                                                   reply.version),
+            actions = book.act(sample_actions(reply.logits, self.rng), reply.version)
+            pending.append(Call(call.group, self.actor.step.remote(call.group, actions),
                                 time.monotonic(), step=True))
         if not self.stop_event.is_set():
             self._retire(ray, pending)
+
+    def _begin(self, group: int, reset: Observed) -> None:
+        """A (re)started actor's first observations of `group`: new bookkeeping for it."""
+        size = self._sizes[group]
+        self._decoders[group] = decoder = StackDecoder(size)
+        obs = decoder.decode(reset.ids, reset.obs)
+        self._books[group] = book = Bookkeeper(size, obs.shape[1:], obs.dtype, self._n_step,
+                                               self._gamma, self._clip_rewards,
+                                               self._episodic_life)
+        book.begin(reset.ids, obs, reset.info)
+        self.unsent[group] = 0
+
+    def _deliver(self, group: int, step: Observed) -> bool:
+        """A group step's reply: its transitions and episodes to the training queue and
+        Stats; False if the runner was stopped meanwhile."""
+        obs = self._decoders[group].decode(step.ids, step.obs)
+        result = self._books[group].observe(step.ids, obs, step.rewards, step.terminated,
+                                            step.truncated, step.info)
+        self.unsent[group] = self._books[group].held
+        return deliver(result, self._stats, self._training_queue, self, self.name)
 
     def _resets(self, round_: int) -> list[Call]:
         """Reset calls for every group; after a restart (`round_` > 0) with new seeds, so the
@@ -417,21 +467,14 @@ class RemoteRunner(Worker):
         try:
             while steps:
                 result = self._get(ray, steps[0].ref, CALL_SECONDS)
-                if result is None:
+                if result is None or not self._deliver(steps.popleft().group, result):
                     return
-                self.unsent[steps.popleft().group] = result.unsent
-                if not deliver(result, self._stats, self._training_queue, self, self.name):
-                    return
-            if not any(self.unsent):
-                return
-            parts = self._get(ray, self.actor.flush.remote(), CALL_SECONDS)
         except ray.exceptions.RayActorError as exc:
             log(f"{self.name}: its Ray actor died as the runner retired ({first_line(exc)}); "
                 f"{self._drop(list(steps))}")
             return
-        if parts is None:
-            return
-        self.unsent = [0] * len(self.unsent)
-        for part in parts:
-            if not put_until_stopped(self._training_queue, part, self):
+        for g, book in enumerate(self._books):
+            part = book.flush() if book is not None else None
+            self.unsent[g] = 0
+            if part is not None and not put_until_stopped(self._training_queue, part, self):
                 return

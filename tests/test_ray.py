@@ -90,58 +90,69 @@ def test_group_sizes_split_a_runner_s_envs():
     assert group_sizes(96) == [48, 48]
 
 
+def drive_without_ray(n_step: int, gamma: float, steps: int, seed: int = 1):
+    """The actor's code (`EnvRunner`, two groups of fake envs) and the learner side's
+    (`RemoteRunner._begin`/`_deliver`: decoding, bookkeeping, delivery) joined directly, the
+    groups stepped alternately as the runner thread drives them. Yields after each group step
+    (group, the runner, its training queue, the actor's envs)."""
+    import queue
+
+    training: queue.Queue = queue.Queue()
+    runner = RemoteRunner(0, make_fake_envs, 5, 10, n_step, gamma, None, training, Stats(),
+                          threading.Event(), Failure())
+    actor = EnvRunner(runner._makers)
+    rng = np.random.default_rng(seed)
+    for g, s in enumerate(runner._seeds):
+        runner._begin(g, actor.reset(g, s))
+    try:
+        for _ in range(steps):
+            for g in range(len(actor.groups)):
+                book = runner._books[g]
+                actions = book.act(rng.integers(0, 2, len(book.obs)), version=7)
+                assert runner._deliver(g, actor.step(g, actions))
+                yield g, runner, training, [e.env for e in actor.groups]
+    finally:
+        actor.close()
+        assert all(e.env.closed for e in actor.groups)
+
+
+def drain(training) -> list[Transitions]:
+    parts = []
+    while not training.empty():
+        parts.append(training.get_nowait())
+    return parts
+
+
 def test_env_runner_groups_make_the_reference_transitions():
-    """The actor's code driven directly: two groups stepped alternately, as the learner-side
-    thread drives them, each group's transitions equal to the slow reference."""
-    n_step, gamma, steps = 3, 0.5, 14
-    runner = EnvRunner([functools.partial(FakeVectorEnv, LENGTHS[:3]),
-                        functools.partial(FakeVectorEnv, LENGTHS[3:])], n_step, gamma)
-    rng = np.random.default_rng(0)
-    parts: list[list[Transitions]] = [[], []]
-    episodes = 0
-    obs = [runner.reset(g, seed=10 + g) for g in range(2)]
-    for _ in range(steps):
-        for g in range(2):
-            result = runner.step(g, rng.integers(0, 2, len(obs[g])), version=7)
-            obs[g] = result.obs
-            episodes += len(result.returns)
-            if result.segment is not None:
-                parts[g].append(result.segment)
-    for g, part in enumerate(runner.flush()):
-        parts[g].append(part)
-    envs = [group.envs.env for group in runner.groups]
-    assert [e.reset_seed for e in envs] == [10, 11]
-    assert episodes == sum(len(e.episodes_ended) for e in envs)
-    for g, env in enumerate(envs):
-        batch = Transitions.concatenate(parts[g])
-        assert len(batch) == env.valid_steps and np.all(batch.versions == 7)
-        assert_matches_reference(by_time(batch), env.raw, n_step, gamma)
-    runner.close()
-    assert all(e.closed for e in envs)
+    """Actor and learner-side code without Ray: each group's transitions (built on the
+    learner side from the observations that travelled) equal the slow reference."""
+    n_step, gamma = 3, 0.5
+    for _, runner, training, envs in drive_without_ray(n_step, gamma, steps=14):
+        pass
+    episodes = runner._stats.snapshot().counts["episodes"]
+    for book in runner._books:
+        training.put(book.flush())
+    batch = Transitions.concatenate(drain(training))
+    assert [e.reset_seed for e in envs] == [10, 13]  # groups of 3 and 2 envs
+    assert episodes == sum(len(e.episodes_ended) for e in envs) > 0
+    assert len(batch) == sum(e.valid_steps for e in envs) and np.all(batch.versions == 7)
+    for env, seed in zip(envs, [10, 13]):
+        rows = select(batch, batch.states[:, 3] == seed)
+        assert_matches_reference(by_time(rows), env.raw, n_step, gamma)
 
 
 def test_each_step_result_counts_the_transitions_its_group_still_holds():
-    """`StepResult.unsent`, what a runner's death would drop, is exact at every step: every
-    valid env step so far is either in a segment returned or held, and what a flush returns
+    """`RemoteRunner.unsent`, what a runner's death would drop, is exact at every step: every
+    valid env step so far is either in a segment delivered or held, and what a flush returns
     at the end is what the last step said was held."""
-    n_step, gamma = 4, 0.9
-    runner = EnvRunner([functools.partial(FakeVectorEnv, LENGTHS[:3]),
-                        functools.partial(FakeVectorEnv, LENGTHS[3:])], n_step, gamma)
-    rng = np.random.default_rng(1)
-    obs = [runner.reset(g, seed=g) for g in range(2)]
-    delivered, unsent = [0, 0], [0, 0]
     seen = set()
-    for _ in range(23):
-        for g in range(2):
-            result = runner.step(g, rng.integers(0, 2, len(obs[g])), version=0)
-            obs[g] = result.obs
-            delivered[g] += 0 if result.segment is None else len(result.segment)
-            unsent[g] = result.unsent
-            assert delivered[g] + unsent[g] == runner.groups[g].envs.env.valid_steps
-            seen.add(unsent[g])
+    for g, runner, training, envs in drive_without_ray(4, 0.9, steps=23):
+        delivered = sum(int(np.count_nonzero(t.states[:, 3] == envs[g].reset_seed))
+                        for t in list(training.queue))
+        assert delivered + runner.unsent[g] == envs[g].valid_steps
+        seen.add(runner.unsent[g])
     assert len(seen) > 3  # held counts rose and fell with the segments
-    assert [len(part) for part in runner.flush()] == unsent
-    runner.close()
+    assert [len(b.flush()) for b in runner._books] == runner.unsent
 
 
 def test_an_actor_s_death_counts_and_logs_what_it_dropped(capsys):
@@ -223,7 +234,7 @@ class KeepingRunner(RemoteRunner):
     def _loop(self, ray) -> None:
         super()._loop(ray)
         self.raw = ray.get(self.actor.__ray_call__.remote(
-            lambda runner: [g.envs.env.raw for g in runner.groups]), timeout=60)
+            lambda runner: [g.env.raw for g in runner.groups]), timeout=60)
 
 
 @pytest.mark.ray
@@ -370,7 +381,7 @@ class RecordingRunner(RemoteRunner):
         super()._loop(ray)
         self.retired = not self.stop_event.is_set()
         self.raw = ray.get(self.actor.__ray_call__.remote(
-            lambda runner: [g.envs.env.raw for g in runner.groups]), timeout=30)
+            lambda runner: [g.env.raw for g in runner.groups]), timeout=30)
 
     def record(self, segment: Transitions, put: bool) -> None:
         with RecordingRunner.progress:

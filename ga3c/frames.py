@@ -1,0 +1,82 @@
+"""Stacked frames sent once: what a Ray runner's observations cost on the wire.
+
+An Atari observation is a stack of the last 4 frames (uint8, stack last): from one step to
+the next, 3 of its 4 frames are the ones the learner already has. `StackEncoder` (in the
+runner actor) and `StackDecoder` (on the learner side) each remember every env's last
+observation; an env whose new stack is its last one shifted by one frame travels as that one
+new frame, any other (a reset, a first showing, an env whose frames do not shift so) whole.
+The coding is exact by construction: the encoder checks the shift on the frames it has, so
+whatever the envs do, the decoder rebuilds the very arrays the envs returned. Observations
+that are not stacked uint8 frames (CartPole's floats) travel as they are.
+
+For Pong's 8-env groups this cuts a step's observations from 226 KB to 56 KB: under Ray's
+100 KB limit for results returned inline, so they skip the object store too.
+
+No Ray here: the coding is plain numpy, tested without it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Packed(NamedTuple):
+    """One step's observations as they travel (rows in the order of their env ids)."""
+
+    newest: np.ndarray | None  # (rows, *frame): each row's newest frame; None: not frames
+    whole_rows: np.ndarray | None  # the rows sent whole (not a shift of their last stack)
+    whole: np.ndarray  # those rows' observations (all rows' if `newest` is None)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self if a is not None)
+
+
+def is_stack(obs: np.ndarray) -> bool:
+    """Observations (rows, ..., stack) of uint8 frames with more than one in a stack."""
+    return obs.dtype == np.uint8 and obs.ndim >= 4 and obs.shape[-1] > 1
+
+
+class StackEncoder:
+    """The sending side of one vector of `num_envs` envs (see the module docstring)."""
+
+    def __init__(self, num_envs: int) -> None:
+        self._num_envs = num_envs
+        self._last: np.ndarray | None = None  # every env's last observation sent
+
+    def encode(self, ids: np.ndarray, obs: np.ndarray, whole: bool = False) -> Packed:
+        """The observations of envs `ids`; `whole`: every row whole (after a reset)."""
+        if not is_stack(obs):
+            return Packed(None, None, obs)
+        if self._last is None:  # (the decoder starts from zeros too)
+            self._last = np.zeros((self._num_envs, *obs.shape[1:]), obs.dtype)
+        if whole:
+            shifted = np.zeros(len(ids), dtype=bool)
+        else:
+            last = self._last[ids]
+            shifted = (obs[..., :-1] == last[..., 1:]).reshape(len(ids), -1).all(axis=1)
+        self._last[ids] = obs
+        rows = np.flatnonzero(~shifted)
+        return Packed(np.ascontiguousarray(obs[..., -1]), rows, obs[rows])
+
+
+class StackDecoder:
+    """The receiving side of a `StackEncoder`: rebuilds the observations it encoded."""
+
+    def __init__(self, num_envs: int) -> None:
+        self._num_envs = num_envs
+        self._last: np.ndarray | None = None  # every env's last observation received
+
+    def decode(self, ids: np.ndarray, packed: Packed) -> np.ndarray:
+        if packed.newest is None:
+            return packed.whole
+        if self._last is None:  # (the encoder starts from zeros too)
+            self._last = np.zeros((self._num_envs, *packed.whole.shape[1:]), packed.whole.dtype)
+        obs = np.empty((len(ids), *self._last.shape[1:]), self._last.dtype)
+        obs[..., :-1] = self._last[ids, ..., 1:]
+        obs[..., -1] = packed.newest
+        obs[packed.whole_rows] = packed.whole
+        self._last[ids] = obs
+        return obs
