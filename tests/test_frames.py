@@ -8,6 +8,7 @@ made-up stacks, and on real Pong through the runner actor's own code (`EnvRunner
 import functools
 
 import numpy as np
+import pytest
 
 from ga3c.config import EnvConfig
 from ga3c.envs import make_agent_envs
@@ -19,9 +20,10 @@ def shift_in(stack: np.ndarray, frame: np.ndarray) -> np.ndarray:
     return np.concatenate([stack[..., 1:], frame[..., None]], axis=-1)
 
 
-def test_shifted_stacks_travel_as_one_frame_and_others_whole():
+@pytest.mark.parametrize("K", [4, 3])  # 4: the uint32 fast path; any other depth: generic
+def test_shifted_stacks_travel_as_one_frame_and_others_whole(K):
     rng = np.random.default_rng(0)
-    E, H, W, K = 5, 6, 7, 4
+    E, H, W = 5, 6, 7
     enc, dec = StackEncoder(E), StackDecoder(E)
     ids = np.arange(E)
     obs = rng.integers(0, 255, (E, H, W, K), dtype=np.uint8)
@@ -41,11 +43,12 @@ def test_shifted_stacks_travel_as_one_frame_and_others_whole():
         obs = new
 
 
-def test_envs_in_any_order_and_subsets_are_exact():
+@pytest.mark.parametrize("K", [4, 2])
+def test_envs_in_any_order_and_subsets_are_exact(K):
     """ale-py's async batches: each step brings some envs, in any order; an env not seen for
     a while, or seen for the first time, is still rebuilt exactly."""
     rng = np.random.default_rng(1)
-    E, shape = 6, (3, 3, 4)
+    E, shape = 6, (3, 3, K)
     enc, dec = StackEncoder(E), StackDecoder(E)
     current = rng.integers(0, 4, (E, *shape), dtype=np.uint8)  # few values: chance shifts
     for _ in range(60):
