@@ -108,6 +108,10 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("num_runners", p.num_runners,
                          "--runner=ray: Ray env runners (each steps --envs_per_agent envs).",
                          flag_values=fv)
+    flags.DEFINE_integer("runner_groups", p.runner_groups,
+                         "--runner=ray: env groups per runner, all kept in flight (stepping "
+                         "overlaps inference; 1: no overlap, full predict batches).",
+                         flag_values=fv)
     flags.DEFINE_string("ray_address", p.ray_address,
                         "--runner=ray: a running cluster's address (auto, host:port, "
                         "ray://host:port); empty: a local Ray for this run.", flag_values=fv)

@@ -117,6 +117,10 @@ class PipelineConfig:
     # `envs_per_agent` envs; prediction and training stay batched in this process.
     runner: str = "threads"
     num_runners: int = 2
+    # --runner=ray: a runner's envs are split into this many groups, all kept in flight, so
+    # its env stepping overlaps the round trip and inference (1: one group, no overlap, full
+    # predict batches: faster for few envs per runner on a small machine; see the README).
+    runner_groups: int = 2
     # --runner=ray: "" starts a local Ray for the run (and shuts it down at its end); else the
     # address of a running cluster ("auto", host:port or ray://host:port).
     ray_address: str = ""
@@ -193,6 +197,7 @@ class Config:
         check(p.num_trainers >= 1, "num_trainers", p.num_trainers, ">= 1")
         check(p.runner in RUNNERS, "runner", p.runner, " or ".join(repr(x) for x in RUNNERS))
         check(p.num_runners >= 1, "num_runners", p.num_runners, ">= 1")
+        check(p.runner_groups >= 1, "runner_groups", p.runner_groups, ">= 1")
         for knob in ("agents", "predictors", "trainers") if p.autotune else ():
             first = "num_runners" if knob == "agents" and p.runner == "ray" else f"num_{knob}"
             start, top = getattr(p, first), getattr(p, f"max_{knob}")

@@ -2,9 +2,9 @@
 feeding the central predictor and trainers of this process.
 
 Inference stays central and batched here; only the env stepping moves out. A runner is a Ray
-actor (`EnvRunner`) that owns `envs_per_agent` envs, split into `GROUPS` vector envs: for one
-group at a time it receives actions, steps the envs and returns what they returned (next
-observations, rewards, terminated/truncated, lives). Each frame crosses once, as uint8: an
+actor (`EnvRunner`) that owns `envs_per_agent` envs, split into `--runner_groups` vector envs
+(groups): for one group at a time it receives actions, steps the envs and returns what they
+returned (next observations, rewards, terminated/truncated, lives). Each frame crosses once, as uint8: an
 Atari stack whose first frames are the ones the learner already has travels as its newest
 frame (`ga3c.frames`), and the n-step transitions are built on the learner side from the
 observations it predicted on, so no frame travels again inside a transition. Weights never
@@ -47,7 +47,7 @@ from ga3c.frames import Packed, StackDecoder, StackEncoder
 from ga3c.predictor import PredictorGroup, ReplySlot
 from ga3c.threads import POLL_SECONDS, Failure, Worker, log, put_until_stopped
 
-GROUPS = 2  # env groups per runner kept in flight (fewer if a runner has fewer envs)
+GROUPS = 2  # env groups per runner kept in flight by default (fewer if it has fewer envs)
 START_SECONDS = 300.0  # a new actor's first reply: process start, imports, env creation
 CALL_SECONDS = 60.0  # any later reply (one vector step of one group)
 MAX_RESTARTS = 3  # Ray restarts a runner actor that died this many times, then the run fails
@@ -293,9 +293,9 @@ class RemoteRunner(Worker):
                  seed: int, n_step: int, gamma: float, predictors: PredictorGroup,
                  training_queue, stats, stop: threading.Event, failure: Failure,
                  clip_rewards: bool = False, episodic_life: bool = False,
-                 max_restarts: int = MAX_RESTARTS) -> None:
+                 max_restarts: int = MAX_RESTARTS, groups: int = GROUPS) -> None:
         super().__init__(f"runner-{index}", stop, failure)
-        self._sizes = sizes = group_sizes(num_envs)
+        self._sizes = sizes = group_sizes(num_envs, groups)
         self._makers = [functools.partial(make_envs, n) for n in sizes]
         self._seeds = [seed + int(o) for o in np.cumsum([0, *sizes[:-1]])]
         self._n_step, self._gamma = n_step, gamma

@@ -29,6 +29,7 @@ from ga3c.fakes import FakePredict, FakeVectorEnv
 from ga3c import procs
 from ga3c.predictor import PredictorGroup
 from ga3c.agent import deliver
+from ga3c.cli import parse_config
 from ga3c.errors import RunError
 from ga3c.ray_runner import Call, EnvRunner, RemoteRunner, group_sizes, ray_session
 from ga3c.returns import Transitions, reference_transitions
@@ -88,6 +89,21 @@ def test_group_sizes_split_a_runner_s_envs():
     assert group_sizes(1) == [1]
     assert group_sizes(5) == [3, 2]
     assert group_sizes(96) == [48, 48]
+    assert group_sizes(16, 1) == [16] and group_sizes(10, 3) == [4, 3, 3]
+
+
+@pytest.mark.parametrize("groups, sizes", [(None, [8, 8]), (1, [16]), (3, [6, 5, 5])])
+def test_runner_groups_reach_the_runners(groups, sizes):
+    """`--runner_groups` (default 2) splits each runner's envs (no Ray needed to make one)."""
+    from ga3c.pipeline import Pipeline
+
+    flags = ["--runner=ray", "--envs_per_agent=16"]
+    config = parse_config(flags + ([f"--runner_groups={groups}"] if groups else []))
+    pipeline = Pipeline(config, FakePredict(), None, lambda: 0, Stats(), threading.Event(),
+                        Failure(), seed=3)
+    runner = pipeline._new_agent()
+    assert isinstance(runner, RemoteRunner) and runner._sizes == sizes
+    assert runner._seeds == [3 + sum(sizes[:g]) for g in range(len(sizes))]
 
 
 def drive_without_ray(n_step: int, gamma: float, steps: int, seed: int = 1):
@@ -202,6 +218,7 @@ def test_runner_ray_without_the_package_is_one_line_and_exit_2(tmp_path, monkeyp
 
 @pytest.mark.parametrize("args, needle", [
     (["--num_runners=0"], "num_runners=0"),
+    (["--runner_groups=0"], "runner_groups=0: must be >= 1"),
     (["--autotune", "--num_runners=3", "--max_agents=2"],
      "max_agents=2: must be >= num_runners=3 (with --autotune)"),
 ])
