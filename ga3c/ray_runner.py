@@ -442,7 +442,10 @@ class RemoteRunner(Worker):
         """The actor died: count what it took with it (its groups' unsent transitions, the
         steps among the `lost` calls), in this runner and in Stats; says what for the log."""
         dropped, steps = sum(self.unsent), sum(c.step for c in lost)
-        self.unsent = [0] * len(self.unsent)  # a restarted actor's groups start afresh
+        # a restarted actor's groups start afresh (new bookkeeping at their reset replies)
+        self.unsent = [0] * len(self.unsent)
+        self._books = [None] * len(self._books)
+        self._decoders = [None] * len(self._decoders)
         self.dropped += dropped
         self.lost_steps += steps
         self._stats.add_dropped(dropped)

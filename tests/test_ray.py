@@ -181,12 +181,14 @@ def test_an_actor_s_death_counts_and_logs_what_it_dropped(capsys):
     lost = [Call(0, None, 0.0, step=True), Call(1, None, 0.0, step=True),
             Call(0, None, 0.0, step=False)]
     runner.unsent = [5, 7]
+    runner._books = ["a dead actor's", "bookkeeping"]
     runner._after_actor_error(None, RuntimeError("actor died\ndetails"), None, lost)
     line = capsys.readouterr().out.strip()
     assert line.endswith("runner-1: its Ray actor died (actor died); 12 unsent "
                          "transitions dropped, 2 group steps in flight lost; Ray restarts it "
                          "(1 of at most 2)"), line
     assert (runner.dropped, runner.lost_steps, runner.unsent) == (12, 2, [0, 0])
+    assert runner._books == [None, None]  # a retire now must not flush what was dropped
     assert stats.dropped_transitions == 12
     runner.unsent = [0, 3]
     runner._after_actor_error(None, RuntimeError("again"), None, lost[2:])
