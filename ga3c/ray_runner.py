@@ -4,9 +4,9 @@ feeding the central predictor and trainers of this process.
 Inference stays central and batched here; only the env stepping moves out. A runner is a Ray
 actor (`EnvRunner`) that owns `envs_per_agent` envs, split into `--runner_groups` vector envs
 (groups): for one group at a time it receives actions, steps the envs and returns what they
-returned (next observations, rewards, terminated/truncated, lives). Each frame crosses once, as uint8: an
-Atari stack whose first frames are the ones the learner already has travels as its newest
-frame (`ga3c.frames`), and the n-step transitions are built on the learner side from the
+returned (next observations, rewards, terminated/truncated, lives). Each frame crosses once,
+as uint8: an Atari stack whose first frames are the ones the learner already has travels as
+its newest frame (`ga3c.frames`), and the n-step transitions are built on the learner side from the
 observations it predicted on, so no frame travels again inside a transition. Weights never
 travel. (Building the transitions in the actor, as this module first did, sent every frame
 twice, and a group's four-frame stacks went through Ray's object store: Pong ran at 0.67 of
@@ -307,9 +307,6 @@ class RemoteRunner(Worker):
         self.deaths = 0  # actor deaths seen (each one restarted by Ray, up to max_restarts)
         self.dropped = 0  # transitions lost with dead actors (see the class docstring)
         self.lost_steps = 0  # group steps in flight when an actor died
-        # per group: the transitions its bookkeeping holds in unfinished segments, as of its
-        # latest reply (what the actor's death drops: its episodes cannot go on)
-        self.unsent = [0] * len(sizes)
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         # per group, made at each reset reply: its bookkeeping and its observations' decoder
         self._books: list[Bookkeeper | None] = [None] * len(sizes)
@@ -379,6 +376,12 @@ class RemoteRunner(Worker):
         if not self.stop_event.is_set():
             self._retire(ray, pending)
 
+    @property
+    def unsent(self) -> list[int]:
+        """Per group: the transitions its bookkeeping holds in unfinished segments, as of its
+        latest reply (what the actor's death drops: its episodes cannot go on)."""
+        return [0 if book is None else book.held for book in self._books]
+
     def _begin(self, group: int, reset: Observed) -> None:
         """A (re)started actor's first observations of `group`: new bookkeeping for it."""
         size = self._sizes[group]
@@ -388,7 +391,6 @@ class RemoteRunner(Worker):
                                                self._gamma, self._clip_rewards,
                                                self._episodic_life)
         book.begin(reset.ids, obs, reset.info)
-        self.unsent[group] = 0
 
     def _deliver(self, group: int, step: Observed) -> bool:
         """A group step's reply: its transitions and episodes to the training queue and
@@ -396,7 +398,6 @@ class RemoteRunner(Worker):
         obs = self._decoders[group].decode(step.ids, step.obs)
         result = self._books[group].observe(step.ids, obs, step.rewards, step.terminated,
                                             step.truncated, step.info)
-        self.unsent[group] = self._books[group].held
         return deliver(result, self._stats, self._training_queue, self, self.name)
 
     def _resets(self, round_: int) -> list[Call]:
@@ -443,7 +444,6 @@ class RemoteRunner(Worker):
         steps among the `lost` calls), in this runner and in Stats; says what for the log."""
         dropped, steps = sum(self.unsent), sum(c.step for c in lost)
         # a restarted actor's groups start afresh (new bookkeeping at their reset replies)
-        self.unsent = [0] * len(self.unsent)
         self._books = [None] * len(self._books)
         self._decoders = [None] * len(self._decoders)
         self.dropped += dropped
@@ -484,6 +484,5 @@ class RemoteRunner(Worker):
             return
         for g, book in enumerate(self._books):
             part = book.flush() if book is not None else None
-            self.unsent[g] = 0
             if part is not None and not put_until_stopped(self._training_queue, part, self):
                 return

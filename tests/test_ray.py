@@ -12,7 +12,6 @@ spread over its nodes, and the cluster lost under a run.
 """
 
 import contextlib
-import functools
 import json
 import os
 import re
@@ -20,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from select import select as wait_readable
 
 import numpy as np
@@ -168,7 +168,13 @@ def test_each_step_result_counts_the_transitions_its_group_still_holds():
         assert delivered + runner.unsent[g] == envs[g].valid_steps
         seen.add(runner.unsent[g])
     assert len(seen) > 3  # held counts rose and fell with the segments
-    assert [len(b.flush()) for b in runner._books] == runner.unsent
+    held = runner.unsent
+    assert [len(b.flush()) for b in runner._books] == held and runner.unsent == [0, 0]
+
+
+def held(*counts) -> list:
+    """Stand-ins for a runner's per-group bookkeeping holding `counts` transitions."""
+    return [types.SimpleNamespace(held=n) for n in counts]
 
 
 def test_an_actor_s_death_counts_and_logs_what_it_dropped(capsys):
@@ -180,19 +186,18 @@ def test_an_actor_s_death_counts_and_logs_what_it_dropped(capsys):
                           max_restarts=2)
     lost = [Call(0, None, 0.0, step=True), Call(1, None, 0.0, step=True),
             Call(0, None, 0.0, step=False)]
-    runner.unsent = [5, 7]
-    runner._books = ["a dead actor's", "bookkeeping"]
+    runner._books = held(5, 7)
     runner._after_actor_error(None, RuntimeError("actor died\ndetails"), None, lost)
     line = capsys.readouterr().out.strip()
     assert line.endswith("runner-1: its Ray actor died (actor died); 12 unsent "
                          "transitions dropped, 2 group steps in flight lost; Ray restarts it "
                          "(1 of at most 2)"), line
     assert (runner.dropped, runner.lost_steps, runner.unsent) == (12, 2, [0, 0])
-    assert runner._books == [None, None]  # a retire now must not flush what was dropped
+    assert runner._books == [None, None]  # (a retire now must not flush what was dropped)
     assert stats.dropped_transitions == 12
-    runner.unsent = [0, 3]
+    runner._books = held(0, 3)
     runner._after_actor_error(None, RuntimeError("again"), None, lost[2:])
-    runner.unsent = [1, 1]
+    runner._books = held(1, 1)
     with pytest.raises(RunError, match=r"^runner-1: its Ray actor died 3 times, the last: "
                        r"lost \(2 unsent transitions dropped, 0 group steps"):
         runner._after_actor_error(None, RuntimeError("lost"), None, [])
