@@ -39,45 +39,51 @@ def is_stack(obs: np.ndarray) -> bool:
     return obs.dtype == np.uint8 and obs.ndim >= 4 and obs.shape[-1] > 1
 
 
-class StackEncoder:
-    """The sending side of one vector of `num_envs` envs (see the module docstring)."""
+class _LastSeen:
+    """Every env's last observation, as each end of the coding holds it (zeros at first, on
+    both ends, so the first coding needs no special case)."""
 
     def __init__(self, num_envs: int) -> None:
         self._num_envs = num_envs
-        self._last: np.ndarray | None = None  # every env's last observation sent
+        self._last: np.ndarray | None = None
+
+    def _recall(self, ids: np.ndarray, like: np.ndarray) -> tuple[np.ndarray, object]:
+        """The last observations of envs `ids`, and the index that selects them: a slice
+        (no copy) when `ids` is every env in order, as in lock step."""
+        if self._last is None:
+            self._last = np.zeros((self._num_envs, *like.shape[1:]), like.dtype)
+        in_order = len(ids) == self._num_envs and bool(np.all(ids == np.arange(len(ids))))
+        index = slice(None) if in_order else ids
+        return self._last[index], index
+
+
+class StackEncoder(_LastSeen):
+    """The sending side of one vector of `num_envs` envs (see the module docstring)."""
 
     def encode(self, ids: np.ndarray, obs: np.ndarray, whole: bool = False) -> Packed:
         """The observations of envs `ids`; `whole`: every row whole (after a reset)."""
         if not is_stack(obs):
             return Packed(None, None, obs)
-        if self._last is None:  # (the decoder starts from zeros too)
-            self._last = np.zeros((self._num_envs, *obs.shape[1:]), obs.dtype)
+        last, index = self._recall(ids, obs)
         if whole:
             shifted = np.zeros(len(ids), dtype=bool)
         elif obs.shape[-1] == 4:  # each pixel's 4 frames as one little-endian uint32 (fast)
-            last = _pixels(_rows(self._last, ids))
-            shifted = ((_pixels(obs) & 0xFFFFFF) == (last >> 8)).reshape(len(ids), -1).all(1)
+            same = (_pixels(obs) & 0xFFFFFF) == (_pixels(last) >> 8)
+            shifted = same.reshape(len(ids), -1).all(axis=1)
         else:
-            last = _rows(self._last, ids)
             shifted = (obs[..., :-1] == last[..., 1:]).reshape(len(ids), -1).all(axis=1)
-        _set_rows(self._last, ids, obs)
+        self._last[index] = obs
         rows = np.flatnonzero(~shifted)
         return Packed(np.ascontiguousarray(obs[..., -1]), rows, obs[rows])
 
 
-class StackDecoder:
+class StackDecoder(_LastSeen):
     """The receiving side of a `StackEncoder`: rebuilds the observations it encoded."""
-
-    def __init__(self, num_envs: int) -> None:
-        self._num_envs = num_envs
-        self._last: np.ndarray | None = None  # every env's last observation received
 
     def decode(self, ids: np.ndarray, packed: Packed) -> np.ndarray:
         if packed.newest is None:
             return packed.whole
-        if self._last is None:  # (the encoder starts from zeros too)
-            self._last = np.zeros((self._num_envs, *packed.whole.shape[1:]), packed.whole.dtype)
-        last = _rows(self._last, ids)
+        last, index = self._recall(ids, packed.whole)
         if last.shape[-1] == 4:  # one pass over uint32 pixels: (last >> 8) | newest << 24
             pixels = _pixels(last) >> 8
             pixels |= packed.newest.astype("<u4") << 24
@@ -87,24 +93,8 @@ class StackDecoder:
             obs[..., :-1] = last[..., 1:]
             obs[..., -1] = packed.newest
         obs[packed.whole_rows] = packed.whole
-        _set_rows(self._last, ids, obs)
+        self._last[index] = obs
         return obs
-
-
-def _all_in_order(ids: np.ndarray, n: int) -> bool:
-    return len(ids) == n and bool(np.all(ids == np.arange(n)))
-
-
-def _rows(a: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """a[ids], without the copy when `ids` is every row in order (envs in lock step)."""
-    return a if _all_in_order(ids, len(a)) else a[ids]
-
-
-def _set_rows(a: np.ndarray, ids: np.ndarray, rows: np.ndarray) -> None:
-    if _all_in_order(ids, len(a)):
-        a[...] = rows
-    else:
-        a[ids] = rows
 
 
 def _pixels(stacks: np.ndarray) -> np.ndarray:

@@ -482,7 +482,7 @@ class RemoteRunner(Worker):
             log(f"{self.name}: its Ray actor died as the runner retired ({first_line(exc)}); "
                 f"{self._drop(list(steps))}")
             return
-        for g, book in enumerate(self._books):
+        for book in self._books:
             part = book.flush() if book is not None else None
             if part is not None and not put_until_stopped(self._training_queue, part, self):
                 return

@@ -8,8 +8,8 @@ them to `Service`; everything that can fail on bad input fails there, as a UserE
 anything in the logdir is written. `start()` prepares the logdir and starts the threads,
 consumers before producers (predictors, trainers, then agents); `stop()` stops them in the
 reverse order, saves (after a thread's failure only if it left the model intact,
-`RunError.keeps_model`: the Ray cluster lost) and returns a `RunResult`. `run()` never prints an error or picks an exit
-code: `ga3c.cli` does. The watching thread never blocks for longer than `POLL_SECONDS`.
+`RunError.keeps_model`: the Ray cluster lost) and returns a `RunResult`. `run()` never prints
+an error or picks an exit code: `ga3c.cli` does. The watching thread never blocks for longer than `POLL_SECONDS`.
 
 Nothing non-finite is ever saved and a failed write never replaces a good checkpoint: a save
 pauses the model updates, checks the weights (`Learner.check_finite`), writes the checkpoint
