@@ -72,6 +72,9 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_float("epsilon", a.epsilon, "RMSProp epsilon.", flag_values=fv)
     flags.DEFINE_float("rmsprop_init", a.rmsprop_init,
                        "Initial RMSProp mean-square accumulator (Keras: 0, TF1: 1).", flag_values=fv)
+    flags.DEFINE_float("update_clip", a.update_clip,
+                       "Bound on each weight tensor's RMSProp step: RMS at most this many "
+                       "learning rates (Adafactor's update clipping; 0: off).", flag_values=fv)
     flags.DEFINE_float("entropy_coef", a.entropy_coef, "Entropy bonus weight.", flag_values=fv)
     flags.DEFINE_float("value_coef", a.value_coef, "Value loss weight.", flag_values=fv)
     flags.DEFINE_float("clip_norm", a.clip_norm, "Global gradient-norm clip (0: off).",
@@ -130,6 +133,9 @@ def define_flags(fv: flags.FlagValues) -> None:
                          flag_values=fv)
     flags.DEFINE_float("log_every_seconds", r.log_every_seconds, "Console/TensorBoard interval.",
                        flag_values=fv)
+    flags.DEFINE_bool("log_updates", r.log_updates, "Write updates.csv in the logdir: a row "
+                      "per training step (loss terms and stability instruments).",
+                      flag_values=fv)
     flags.DEFINE_bool("resume", r.resume, "Resume from the logdir's latest checkpoint.",
                       flag_values=fv)
     flags.DEFINE_integer("tf_threads", r.tf_threads,

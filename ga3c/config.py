@@ -82,6 +82,11 @@ class AlgoConfig:
     # steps are sign steps of ~10x the learning rate; TF1 (GA3C) and SB3's RMSpropTFLike (the
     # rl-zoo Atari A2C settings) start it at 1, so early steps are small.
     rmsprop_init: float = 0.0
+    # Bound on each weight tensor's RMSProp step: its root-mean-square, in units of the
+    # learning rate, is scaled down to at most this (Adafactor's update clipping; 0: off, plain
+    # RMSProp). Steady steps have an RMS of ~1; a weight whose accumulator decayed while its
+    # gradients were ~0 steps up to 10x lr (rho 0.99) on its next real gradient (ga3c.optimizer).
+    update_clip: float = 0.0
     entropy_coef: float = 0.01
     value_coef: float = 0.5
     clip_norm: float = 0.5  # global-norm gradient clipping; 0 disables it
@@ -137,6 +142,10 @@ class RunConfig:
     keep_checkpoints: int = 3
     log_every_seconds: float = 2.0
     resume: bool = True
+    # Write updates.csv: a row per training step (loss terms and instruments), for looking at
+    # what the updates before a collapse did. ~200 bytes per update: Pong's 3M agent steps
+    # are ~37k updates (~8 MB); CartPole makes ~90 updates/s.
+    log_updates: bool = False
     tf_threads: int = 0  # TensorFlow intra-op threads; 0 lets TensorFlow decide
     # Device options, off by default (on CPU they cost more than they give).
     xla: bool = False  # compile predict and train with XLA (batches padded to powers of two)
@@ -189,6 +198,8 @@ class Config:
         check(finite(a.epsilon) and a.epsilon > 0, "epsilon", a.epsilon, "> 0")
         check(finite(a.rmsprop_init) and a.rmsprop_init >= 0, "rmsprop_init", a.rmsprop_init,
               ">= 0")
+        check(finite(a.update_clip) and a.update_clip >= 0, "update_clip", a.update_clip,
+              ">= 0 (0 disables)")
         check(finite(a.entropy_coef) and a.entropy_coef >= 0, "entropy_coef", a.entropy_coef, ">= 0")
         check(finite(a.value_coef) and a.value_coef > 0, "value_coef", a.value_coef, "> 0")
         check(finite(a.clip_norm) and a.clip_norm >= 0, "clip_norm", a.clip_norm, ">= 0 (0 disables)")

@@ -22,6 +22,12 @@ def build_network(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
 INITS = ("orthogonal", "glorot")
 
 
+def relu_layers(model: keras.Model) -> list:
+    """The model's layers with a ReLU activation (the CNN trunk's; the MLPs use tanh)."""
+    return [layer for layer in model.layers
+            if getattr(layer, "activation", None) is keras.activations.relu]
+
+
 def _kernel_init(init: str, gain: float):
     """Kernel initializer of a layer: orthogonal with `gain` (as in OpenAI baselines and SB3:
     sqrt(2) for ReLU/tanh trunk layers, 0.01 for the policy head, 1 for the value head), or

@@ -48,6 +48,10 @@ class RunDir:
         return os.path.join(self.path, "episodes.csv")
 
     @property
+    def updates_csv(self) -> str:
+        return os.path.join(self.path, "updates.csv")
+
+    @property
     def tensorboard(self) -> str:
         return os.path.join(self.path, "tb")
 

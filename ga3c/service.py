@@ -36,7 +36,7 @@ from ga3c.errors import NonFiniteError, RunError, UserError, WriteError, first_l
 from ga3c.learner import Learner
 from ga3c.pipeline import JOIN_SECONDS, Pipeline
 from ga3c.rundir import RunDir, keep_aside
-from ga3c.stats import Stats, Window, read_recent_returns
+from ga3c.stats import Stats, Window, collapse_warning, read_recent_returns
 from ga3c.threads import POLL_SECONDS, Failure, log
 
 
@@ -125,6 +125,7 @@ class Service:
         self.stop_reason = ""
         self._writer = None
         self._started = False
+        self._last_window: Window | None = None  # the last one with training (for warnings)
 
     def request_stop(self, reason: str) -> None:
         """Ask the service to stop (any thread, a signal handler too); `watch()` returns."""
@@ -151,6 +152,8 @@ class Service:
         if not r:
             keep_aside(run_dir.episodes_csv)  # a run that never checkpointed: kept, not mixed in
         self.stats.log_episodes_to(run_dir.episodes_csv)
+        if cfg.run.log_updates:
+            self.stats.log_updates_to(run_dir.updates_csv)
         if r:
             log(f"resumed from {self.checkpointer.latest}: {r['env_steps']:,} env steps, "
                 f"{r['episodes']:,} episodes, {r['updates']:,} updates")
@@ -225,6 +228,21 @@ class Service:
                 next_ckpt = now + run.checkpoint_every_seconds
                 self._save()
 
+    def _diagnostics(self, w: Window) -> dict[str, float]:
+        """TensorBoard's diagnostics/: the window's mean and largest of each training-step
+        instrument, each layer's update ratio ||step|| / ||weights||, the RMSProp
+        accumulators' smallest and median values."""
+        if not w.probes_mean:
+            return {}
+        out = {f"diagnostics/{k}": v for k, v in w.probes_mean.items()}
+        out.update({f"diagnostics/{k}_max": v for k, v in w.probes_max.items()})
+        for layer, norm in self.learner.weight_norms().items():
+            step = w.probes_mean.get(f"step_norm/{layer}")
+            if step is not None:
+                out[f"diagnostics/update_ratio/{layer}"] = step / max(norm, 1e-30)
+        out.update({f"diagnostics/{k}": v for k, v in self.learner.accumulator_stats().items()})
+        return out
+
     # -- results and saves ---------------------------------------------------------------
     def _result(self, stuck: list[str]) -> RunResult:
         stats = self.stats
@@ -281,6 +299,12 @@ class Service:
     def _report(self, w: Window, writer) -> None:
         depths = self.pipeline.queue_depths()
         log(w.console_line(depths))
+        if self._last_window is not None:
+            warning = collapse_warning(self._last_window, w)
+            if warning is not None:
+                log(warning)
+        if w.losses:
+            self._last_window = w
         scalars = {
             "rates/env_steps_per_s": w.env_steps_per_s,
             "rates/predictions_per_s": w.predictions_per_s,
@@ -304,6 +328,7 @@ class Service:
             scalars["policy_lag/p95"] = w.policy_lag_p95
         for k, v in w.losses.items():
             scalars[f"loss/{k}"] = v
+        scalars.update(self._diagnostics(w))
         for name, rate in w.source_env_steps_per_s.items():
             scalars[f"runners/{name}/env_steps_per_s"] = rate
         if w.round_trip_p50 is not None:

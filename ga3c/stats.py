@@ -76,6 +76,10 @@ class Window:
     # window, and in all of this process's training.
     dropped_transitions: int = 0
     total_dropped_transitions: int = 0
+    # The training steps' stability instruments (`ga3c.learner.Learner._probes`): the mean
+    # and the largest value of each over the window's updates (empty without updates).
+    probes_mean: dict[str, float] = dataclasses.field(default_factory=dict)
+    probes_max: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def throughput(self) -> float:
@@ -92,7 +96,16 @@ class Window:
                 f"lag {lag}  q {queues}  rss {self.rss_mib:,.0f} MiB" + "".join(
                     f"  {short} {self.losses[k]:.2f}" for k, short in
                     (("entropy", "ent"), ("explained_variance", "ev"), ("logit_spread", "spread"))
-                    if k in self.losses)) + self.runners_text()
+                    if k in self.losses)) + self.probes_text() + self.runners_text()
+
+    def probes_text(self) -> str:
+        """The instruments' part of the console line: the largest fraction of dead ReLU units
+        of any layer (window mean) and the largest per-weight step in learning rates."""
+        dead = [v for k, v in self.probes_mean.items() if k.startswith("dead_relu/")]
+        text = f"  dead {max(dead):.0%}" if dead else ""
+        if "max_step" in self.probes_max:
+            text += f"  step {self.probes_max['max_step']:.1f}x"
+        return text
 
     def runners_text(self) -> str:
         """The Ray runners' part of the console line ("" under --runner=threads): each
@@ -127,6 +140,7 @@ class Stats:
         self._returns = collections.deque(recent_returns or [], maxlen=100)
         # (train_calls after the batch, its lags): bounded even if nobody reads them
         self._lags: collections.deque = collections.deque(maxlen=MAX_LAG_BATCHES)
+        self._probes: collections.deque = collections.deque(maxlen=MAX_LAG_BATCHES)
         self._loss_sums: dict[str, float] = collections.defaultdict(float)
         self._loss_count = 0
         self._source_steps: dict[str, int] = collections.defaultdict(int)
@@ -136,6 +150,8 @@ class Stats:
         self._start_seconds = start_seconds
         self._csv_file = None
         self._csv = None
+        self._updates_file = None
+        self._updates_csv = None
         self.restart_clock()
         if episodes_csv is not None:
             self.log_episodes_to(episodes_csv)
@@ -156,6 +172,15 @@ class Stats:
                 self._csv_file.write("\n")
             if new:
                 self._csv.writerow(CSV_HEADER)
+
+    def log_updates_to(self, updates_csv: str) -> None:
+        """Append a row per training step to `updates_csv` from now on: the update's number
+        in this process, env steps, seconds, rows, mean policy lag, loss terms, instruments."""
+        new = not os.path.exists(updates_csv) or os.path.getsize(updates_csv) == 0
+        with self._lock:
+            self._updates_file = open(updates_csv, "a", newline="", buffering=1 << 16)
+            self._updates_csv = csv.writer(self._updates_file)
+            self._updates_header = new
 
     # -- written by worker threads --------------------------------------------------------
     def add_env_steps(self, n: int, returns: np.ndarray, lengths: np.ndarray,
@@ -199,14 +224,28 @@ class Stats:
             self._counts["predict_calls"] += 1
             self._counts["predictions"] += batch
 
-    def add_training(self, batch: int, lags: np.ndarray, losses: dict[str, float]) -> None:
+    def add_training(self, batch: int, lags: np.ndarray, losses: dict[str, float],
+                     probes: dict[str, float] | None = None) -> None:
         with self._lock:
             self._counts["train_calls"] += 1
             self._counts["train_samples"] += batch
-            self._lags.append((self._counts["train_calls"], lags))
+            calls = self._counts["train_calls"]
+            self._lags.append((calls, lags))
             for k, v in losses.items():
                 self._loss_sums[k] += v
             self._loss_count += 1
+            if probes:
+                self._probes.append((calls, probes))
+            if self._updates_csv is not None:
+                row = {"update": calls, "env_steps": self._counts["env_steps"],
+                       "seconds": round(self.train_seconds(), 3), "rows": batch,
+                       "lag_mean": float(np.mean(lags)) if len(lags) else 0.0,
+                       **losses, **(probes or {})}
+                if self._updates_header:
+                    self._updates_csv.writerow(list(row))
+                    self._updates_header = False
+                self._updates_csv.writerow([f"{v:.6g}" if isinstance(v, float) else v
+                                            for v in row.values()])
 
     # -- read by the main thread ----------------------------------------------------------
     def train_seconds(self) -> float:
@@ -255,6 +294,8 @@ class Stats:
             score = float(np.mean(self._returns)) if self._returns else None
             trips = [t for n, t in self._round_trips
                      if since.counts["round_trips"] < n <= until.counts["round_trips"]]
+            probes = [p for calls, p in self._probes
+                      if since.counts["train_calls"] < calls <= until.counts["train_calls"]]
         lags = np.concatenate(lags) if lags else np.zeros(0)
         dt = max(until.time - since.time, 1e-9)
         d = {k: until.counts[k] - since.counts[k] for k in until.counts}
@@ -285,6 +326,10 @@ class Stats:
             round_trip_p95=float(np.percentile(trips, 95)) if trips else None,
             dropped_transitions=d["dropped_transitions"],
             total_dropped_transitions=until.counts["dropped_transitions"],
+            probes_mean={k: float(np.mean([p[k] for p in probes])) for k in probes[0]}
+            if probes else {},
+            probes_max={k: float(np.max([p[k] for p in probes])) for k in probes[0]}
+            if probes else {},
         )
 
     def close(self) -> None:
@@ -292,6 +337,37 @@ class Stats:
             if self._csv_file is not None:
                 self._csv_file.close()
                 self._csv_file = self._csv = None
+            if self._updates_file is not None:
+                self._updates_file.close()
+                self._updates_file = self._updates_csv = None
+
+
+# A window's logit spread or explained variance below half the previous window's is reported
+# (the collapses seen on Pong went 1.23 -> 0.61 -> 0.00 in three 10 s windows), once the
+# previous one is above these floors (early training moves them around by more than half).
+COLLAPSE_FLOORS = {"logit_spread": 0.2, "explained_variance": 0.3}
+
+
+def collapse_warning(before: Window, after: Window) -> str | None:
+    """One console line if the policy's dependence on the state (logit spread) or the value
+    head's fit (explained variance) fell by more than half from window `before` to `after`,
+    with the instruments that tell why; None otherwise."""
+    fell = [f"{name.replace('_', ' ')} {before.losses[name]:.2f} -> {after.losses[name]:.2f}"
+            for name, floor in COLLAPSE_FLOORS.items()
+            if name in before.losses and name in after.losses
+            and before.losses[name] >= floor and after.losses[name] < 0.5 * before.losses[name]]
+    if not fell:
+        return None
+    dead = {k.split("/", 1)[1]: (before.probes_mean.get(k, 0.0), v)
+            for k, v in after.probes_mean.items() if k.startswith("dead_relu/")}
+    why = "".join(f"; dead ReLUs {layer} {a:.0%} -> {b:.0%}" for layer, (a, b) in dead.items()
+                  if b - a >= 0.05)
+    if "max_step" in after.probes_max:
+        why += f"; largest step {after.probes_max['max_step']:.1f}x lr"
+    if "max_abs_advantage" in after.probes_max:
+        why += f", largest |advantage| {after.probes_max['max_abs_advantage']:.2f}"
+    return (f"warning: {' and '.join(fell)} within one window, at {after.total_env_steps:,} "
+            f"env steps{why}")
 
 
 def _natural(name: str):

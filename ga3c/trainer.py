@@ -60,7 +60,8 @@ class Trainer(PoolWorker):
             lags = group.version_fn() - batch.versions
             metrics = group.train_fn(batch)
             losses = metrics._asdict() if hasattr(metrics, "_asdict") else {}
-            group.stats.add_training(len(batch), lags, losses)
+            probes = losses.pop("probes", None)
+            group.stats.add_training(len(batch), lags, losses, probes)
 
 
 TrainerGroup.worker_class = Trainer

@@ -1,11 +1,14 @@
-"""episodes.csv: one reader for resume and plots; rates over a window."""
+"""episodes.csv: one reader for resume and plots; rates over a window; the stability
+instruments' windows, the collapse warning and updates.csv."""
 
+import csv
 import time
 
 import numpy as np
 import pytest
 
-from ga3c.stats import CSV_HEADER, Stats, read_episode_rows, read_recent_returns
+from ga3c.stats import (CSV_HEADER, Stats, Window, collapse_warning, read_episode_rows,
+                        read_recent_returns)
 
 
 def write(path, rows, tail=""):
@@ -115,3 +118,63 @@ def test_dropped_transitions_are_counted_and_shown_only_when_some_were():
     assert stats.dropped_transitions == 42
     assert w.runners_text().endswith("  dropped 42")
     assert w.console_line({"predict": 0}).endswith("  dropped 42")
+
+
+# -- the stability instruments: windows, the collapse warning, updates.csv ----------------
+
+def test_probe_windows_have_mean_and_max_over_their_updates(tmp_path):
+    stats = Stats()
+    start = stats.snapshot()
+    for i, (dead, step) in enumerate([(0.1, 1.0), (0.3, 9.0), (0.2, 2.0)]):
+        stats.add_training(8, np.zeros(8), {"loss": float(i)},
+                           {"dead_relu/dense": dead, "max_step": step})
+        if i == 0:
+            first = stats.snapshot()
+    w = stats.window(start)
+    assert w.probes_mean == pytest.approx({"dead_relu/dense": 0.2, "max_step": 4.0})
+    assert w.probes_max == pytest.approx({"dead_relu/dense": 0.3, "max_step": 9.0})
+    later = stats.window(first)
+    assert later.probes_max["max_step"] == 9.0 and later.probes_mean["max_step"] == 5.5
+    assert "dead 20%  step 9.0x" in w.console_line({})
+    assert stats.window(stats.snapshot()).probes_mean == {}  # no update in it
+
+
+def window(spread, ev, dead=0.0, steps=1000, step=1.0):
+    return Window(seconds=10, env_steps=0, episodes=0, total_env_steps=steps, total_episodes=0,
+                  env_steps_per_s=0, predictions_per_s=0, trainings_per_s=0, samples_per_s=0,
+                  mean_predict_batch=0, mean_train_batch=0, mean_score=None,
+                  policy_lag_mean=None, policy_lag_p95=None,
+                  losses={"logit_spread": spread, "explained_variance": ev}, rss_mib=0,
+                  probes_mean={"dead_relu/dense": dead},
+                  probes_max={"max_step": step, "max_abs_advantage": 1.5})
+
+
+def test_collapse_warning_when_spread_or_ev_halves_within_a_window():
+    line = collapse_warning(window(1.23, 0.93), window(0.61, 0.41, dead=0.9, steps=2_051_234,
+                                                       step=9.9))
+    assert line == ("warning: logit spread 1.23 -> 0.61 and explained variance 0.93 -> 0.41 "
+                    "within one window, at 2,051,234 env steps; dead ReLUs dense 0% -> 90%; "
+                    "largest step 9.9x lr, largest |advantage| 1.50")
+    assert "explained variance" not in collapse_warning(window(1.2, 0.9), window(0.5, 0.8))
+    assert collapse_warning(window(1.2, 0.9), window(0.7, 0.5)) is None  # less than half
+    assert collapse_warning(window(0.15, 0.25), window(0.01, 0.01)) is None  # below floors
+    assert collapse_warning(window(0.5, 0.9), window(0.6, 0.95)) is None  # rose
+
+
+def test_updates_csv_has_a_row_per_update_with_probes(tmp_path):
+    path = tmp_path / "updates.csv"
+    stats = Stats()
+    stats.log_updates_to(str(path))
+    stats.add_env_steps(100, np.zeros(0), np.zeros(0))
+    stats.add_training(8, np.array([1, 3]), {"loss": 0.5}, {"max_step": 2.0})
+    stats.add_training(8, np.array([0, 0]), {"loss": 0.25}, {"max_step": 1.0})
+    stats.close()
+    rows = list(csv.DictReader(open(path)))
+    assert [r["update"] for r in rows] == ["1", "2"]
+    assert rows[0]["env_steps"] == "100" and float(rows[0]["lag_mean"]) == 2.0
+    assert float(rows[1]["loss"]) == 0.25 and float(rows[1]["max_step"]) == 1.0
+    stats = Stats()  # a resumed run appends, without a second header
+    stats.log_updates_to(str(path))
+    stats.add_training(8, np.zeros(2), {"loss": 0.1}, {"max_step": 3.0})
+    stats.close()
+    assert [r["update"] for r in csv.DictReader(open(path))] == ["1", "2", "1"]

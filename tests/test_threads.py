@@ -291,8 +291,8 @@ class RecordingStats(Stats):
         super().__init__(None)
         self.training_calls: list[tuple[int, np.ndarray, dict]] = []
 
-    def add_training(self, batch, lags, losses) -> None:
-        super().add_training(batch, lags, losses)
+    def add_training(self, batch, lags, losses, probes=None) -> None:
+        super().add_training(batch, lags, losses, probes)
         self.training_calls.append((batch, np.array(lags), dict(losses)))
 
 
