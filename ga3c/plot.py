@@ -1,11 +1,15 @@
 """Learning curves from runs' episodes.csv: score vs env steps and vs wall time.
 
+Each `--logdir` is one run, or a group of runs (seeds of one config) given as a glob pattern
+(`'runs/pong_s*'`) or a comma-separated list: a group is drawn as one faint line per seed
+and, over the env steps all its seeds reached, the mean of their curves with a min-max band.
 Used by `ga3c-plot` (flags in `ga3c.cli`). matplotlib is an optional extra:
 `pip install -e '.[plot]'`.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 
 import numpy as np
@@ -40,6 +44,34 @@ def rolling_mean(x: np.ndarray, window: int) -> np.ndarray:
     return (c[idx] - c[lo]) / (idx - lo)
 
 
+def expand(spec: str) -> list[str]:
+    """The run directories a `--logdir` value names: itself, the comma-separated list, or
+    what its glob pattern matches (sorted); UserError if a pattern matches nothing."""
+    parts = [p for p in spec.split(",") if p] if "," in spec else [spec]
+    out = []
+    for part in parts:
+        if glob.has_magic(part):
+            found = sorted(d for d in glob.glob(part) if os.path.isdir(d))
+            if not found:
+                raise UserError(f"--logdir={part!r} matches no run directory")
+            out += found
+        else:
+            out.append(part)
+    return out
+
+
+def seed_band(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 400):
+    """(x, mean, low, high) of several (env_steps, smoothed score) curves on a common grid
+    up to the env steps every one of them reached (a curve holds its last value between
+    games, as a score does)."""
+    end = min(x[-1] for x, _ in curves)
+    start = max(x[0] for x, _ in curves)
+    grid = np.linspace(start, end, points) if end > start else np.array([end])
+    ys = np.stack([y[np.clip(np.searchsorted(x, grid, side="right") - 1, 0, len(y) - 1)]
+                   for x, y in curves])
+    return grid, ys.mean(axis=0), ys.min(axis=0), ys.max(axis=0)
+
+
 def plot_runs(logdirs: list[str], out: str, window: int = 100, title: str | None = None) -> str:
     if not out.lower().endswith(".png"):
         raise UserError(f"--out={out!r}: must be a .png file")
@@ -53,16 +85,28 @@ def plot_runs(logdirs: list[str], out: str, window: int = 100, title: str | None
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError("ga3c-plot needs matplotlib: pip install -e '.[plot]'") from None
-    runs = [(logdir, read_episodes(logdir)) for logdir in logdirs]
+    groups = [(spec, [(d, read_episodes(d)) for d in expand(spec)]) for spec in logdirs]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for i, (logdir, data) in enumerate(runs):
+    for i, (spec, runs) in enumerate(groups):
         color = f"C{i % 10}"
-        label = os.path.normpath(logdir)
-        smooth = rolling_mean(data["episode_return"], window)
-        for ax, x_key in zip(axes, ("env_steps", "wall_time")):
-            ax.plot(data[x_key], data["episode_return"], color=color, alpha=0.15, lw=0.6)
-            ax.plot(data[x_key], smooth, color=color, lw=1.8, label=label,
-                    marker="o" if len(smooth) < 20 else None)
+        if len(runs) == 1:
+            data = runs[0][1]
+            smooth = rolling_mean(data["episode_return"], window)
+            for ax, x_key in zip(axes, ("env_steps", "wall_time")):
+                ax.plot(data[x_key], data["episode_return"], color=color, alpha=0.15, lw=0.6)
+                ax.plot(data[x_key], smooth, color=color, lw=1.8,
+                        label=os.path.normpath(runs[0][0]),
+                        marker="o" if len(smooth) < 20 else None)
+            continue
+        curves = {key: [(d[key], rolling_mean(d["episode_return"], window)) for _, d in runs]
+                  for key in ("env_steps", "wall_time")}
+        for ax, key in zip(axes, ("env_steps", "wall_time")):
+            for x, y in curves[key]:
+                ax.plot(x, y, color=color, alpha=0.3, lw=0.7)
+            x, mean, low, high = seed_band(curves[key])
+            ax.fill_between(x, low, high, color=color, alpha=0.15, lw=0)
+            ax.plot(x, mean, color=color, lw=2.0,
+                    label=f"{spec} ({len(runs)} seeds: mean, min-max, each)")
     axes[0].set_xlabel("env steps")
     axes[1].set_xlabel("wall time (s of training)")
     axes[0].set_ylabel(f"episode return (faint) and mean of last {window}")

@@ -226,3 +226,34 @@ def test_learning_table_from_a_hand_made_run(tmp_path):
     assert lines[2:] == ["| 500 | 0.0M | 3 min | 3 | -19.50 | -19 |",
                          "| 1,000 | 0.0M | 6 min | 6 | 6.00 | 7 |"]
     assert first_reach(ep, 2, -10) == 4 and first_reach(ep, 2, 10) is None
+
+
+def test_learning_table_over_seeds_median_worst_and_hold(tmp_path):
+    from learning_table import reach_lines, seeds_table
+
+    from ga3c.plot import expand, read_episodes
+
+    games = {  # (env_steps, return) per seed
+        "s0": [(100, 0), (200, 10), (300, 20), (400, 20), (500, 5), (600, 20)],
+        "s1": [(100, 0), (200, 0), (300, 10), (400, 20), (500, 20), (600, 20)],
+        "s2": [(100, 0), (200, 0), (300, 0), (400, 0)],
+    }
+    for name, rows in games.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "episodes.csv").write_text(
+            "wall_time,env_steps,episode_return,episode_length\n"
+            + "".join(f"{s / 10},{s},{r},10\n" for s, r in rows))
+    runs = [(d.rsplit("/", 1)[-1], read_episodes(d)) for d in expand(str(tmp_path / "s*"))]
+    assert [name for name, _ in runs] == ["s0", "s1", "s2"]
+    lines = seeds_table(runs, every=200, window=2)
+    # at 200: s0 (0+10)/2, s1 0, s2 0; at 400: 20, 15, 0; at 600 s2 has ended: 12.5, 20
+    assert lines[2:] == ["| 200 | 5.00 | 0.00 | 0.00 | 0.00 | 0.00 |",
+                         "| 400 | 20.00 | 15.00 | 0.00 | 15.00 | 0.00 |",
+                         "| 600 | 12.50 | 20.00 |  | 16.25 | 12.50 |"]
+    out = reach_lines(runs, window=2, target=20, hold=14)
+    # s0 first reaches a mean of 20 at 400, then falls to 12.5 at 500; s1 at 500, stays
+    assert out[0] == ("mean of last 2 >= 20: median seed 500, worst seed not reached "
+                      "agent steps")
+    assert out[1] == "  s0: at 400 agent steps (1 min), lowest after: 12.50, FELL below 14"
+    assert out[2] == "  s1: at 500 agent steps (1 min), lowest after: 20.00, stayed >= 14"
+    assert out[3] == "  s2: not reached in 400 agent steps"

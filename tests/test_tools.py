@@ -96,8 +96,31 @@ def test_plot_overlays_runs_into_a_png(tmp_path, capsys):
     assert out.stat().st_size > 10_000
 
 
+def test_plot_draws_seeds_of_a_config_as_mean_and_band(tmp_path):
+    pytest.importorskip("matplotlib")
+    from ga3c.plot import seed_band
+
+    rng = np.random.default_rng(1)
+    for name in ("cfg_s0", "cfg_s1", "cfg_s2", "other"):
+        steps = np.cumsum(rng.integers(10, 50, 200))
+        write_csv(tmp_path / name, [(i * 0.1, s, float(rng.integers(0, 100))) for i, s in
+                                    enumerate(steps)])
+    out = tmp_path / "seeds.png"
+    assert plot_main([f"--logdir={tmp_path / 'cfg_s*'}", f"--logdir={tmp_path / 'other'}",
+                      f"--out={out}", "--window=10"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the band: mean, min and max over the seeds where all of them have a value
+    x, mean, low, high = seed_band([(np.array([0.0, 10.0]), np.array([1.0, 3.0])),
+                                    (np.array([0.0, 5.0, 8.0]), np.array([2.0, 4.0, 6.0]))],
+                                   points=3)
+    assert x.tolist() == [0.0, 4.0, 8.0]
+    assert mean.tolist() == [1.5, 1.5, 3.5] and low.tolist() == [1.0, 1.0, 1.0]
+    assert high.tolist() == [2.0, 2.0, 6.0]
+
+
 @pytest.mark.parametrize("argv, needle", [
     ([], "--logdir"),
+    (["--logdir=/nonexistent/run_s*"], "matches no run directory"),
     (["--logdir=/nonexistent/run"], "no episodes.csv"),
     (["--logdir=RUN", "--window=0"], "--window=0"),
     (["--logdir=RUN", "--out=/nonexistent/dir/x.png"], "does not exist"),
