@@ -2,7 +2,7 @@
 #   docker build -t ga3c .
 #   docker run --gpus all -v "$PWD/runs:/runs" ga3c --flagfile=configs/pong.cfg --logdir=/runs/pong
 # The tag pins the TensorFlow that pyproject.toml allows (tests/test_docker.py checks it).
-# Not built on the development machine (no Docker engine there): see README, "Docker (GPU)".
+# Not built on the development machine (no Docker engine there): see the README's Docker command.
 FROM tensorflow/tensorflow:2.21.0-gpu
 
 WORKDIR /opt/ga3c

@@ -11,7 +11,6 @@ TensorFlow is imported on first use, not by `import ga3c`.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 
 from ga3c.config import Config
@@ -23,36 +22,35 @@ __all__ = ["Config", "UserError", "load_policy", "train"]
 def train(config: Config, stop=None, *, env_spec=None, hand_over=None):
     """Train until one of `config.run`'s stop conditions (or until `stop`, a threading.Event,
     is set); the `RunResult` (`.ok`, `.error`, `.score`, `.checkpoint`...). UserError for bad
-    input, every problem listed at once. `ga3c-train` runs through here too: it passes the
-    `env_spec` it checked (and the logdir it checked) and `hand_over`, called with the
-    service before it starts (its signal handlers then ask the service to stop)."""
-    from ga3c.cli import check_writable_dir, import_tensorflow_quietly
-    from ga3c.envs import check_config
-    from ga3c.service import build_service
+    input, every problem listed at once (the config's, the env's and the logdir's before
+    TensorFlow is imported; a checkpoint's after). `ga3c-train` runs
+    through here too: it passes the `env_spec` it checked (and the logdir it checked) and
+    `hand_over`, called with the service before it starts (its signal handlers then ask the
+    service to stop).
+
+    TensorFlow's C++ start-up lines are kept off stderr, unless the caller imported
+    TensorFlow before this (they were printed then; `GA3C_TF_VERBOSE=1` shows them)."""
+    from ga3c.startup import check_writable_dir, import_tensorflow_quietly
 
     if env_spec is None:
+        from ga3c.envs import check_config
+
         env_spec = check_config(config)
         check_writable_dir(config.run.logdir)
-    if "tensorflow" not in sys.modules:  # ga3c-train imported it already, configured
+    if "tensorflow" not in sys.modules:  # else imported already: by ga3c-train, configured
         import_tensorflow_quietly(config.run.tf_threads)
-    p = config.pipeline
-    if p.runner == "ray":  # connected (a bad address refused) before the model is built
-        from ga3c.ray_runner import ray_session
+    from ga3c.service import train as run  # imports TensorFlow: after the quiet import
 
-        # a local Ray gets a CPU for each runner the autotuner may add, too
-        session = ray_session(p.ray_address, max(p.num_runners, p.max_agents) if p.autotune
-                              else p.num_runners)
-    else:
-        session = contextlib.nullcontext()
-    with session:  # a Ray this run started is shut down when it ends
-        service = build_service(config, env_spec, stop)
-        if hand_over is not None:
-            hand_over(service)
-        return service.run()
+    return run(config, env_spec, stop, hand_over)
 
 
 def load_policy(logdir: str, checkpoint: str | None = None, seed: int = 0):
-    """A run's policy: `.act(observations, sample=False) -> (actions, values)`."""
+    """A run's policy: `.act(observations, sample=False) -> (actions, values)`. TensorFlow's
+    C++ start-up lines are kept off stderr, as in `train`."""
+    if "tensorflow" not in sys.modules:
+        from ga3c.startup import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
     from ga3c.policy import load_policy as load
 
     return load(logdir, checkpoint, seed)

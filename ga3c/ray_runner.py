@@ -10,7 +10,7 @@ its newest frame (`ga3c.frames`), and the n-step transitions are built on the le
 observations it predicted on, so no frame travels again inside a transition. Weights never
 travel. (Building the transitions in the actor, as this module first did, sent every frame
 twice, and a group's four-frame stacks went through Ray's object store: Pong ran at 0.67 of
-the threads runner's env steps/s on this 2-core machine; see the README's Scaling out.)
+the threads runner's env steps/s on this 2-core machine; see docs/scaling-out.md.)
 
 On the learner side each runner is driven by a `RemoteRunner` thread, to the pipeline one more
 kind of agent: it keeps each group's bookkeeping (`ga3c.agent.Bookkeeper`, the agents' own
@@ -55,7 +55,7 @@ ACTOR_CPUS = 1  # CPUs a runner reserves in Ray's scheduler (spreads runners ove
 # Results up to this size go back inline, in the reply itself, not through the object store
 # (Ray's default is 100 KiB): a group step of 16 Pong envs (16 newest frames, 113 KB) costs
 # half as much CPU inline. Set for a local Ray ga3c starts; a cluster's own setting is the
-# env var RAY_max_direct_call_object_size given to `ray start` (see the README).
+# env var RAY_max_direct_call_object_size given to `ray start` (see docs/scaling-out.md).
 INLINE_BYTES = 1 << 20
 WATCH_SECONDS = 1.0  # how often the learner checks that the cluster's GCS still answers
 WATCH_MISSES = 3  # checks in a row without an answer that mean the cluster is gone

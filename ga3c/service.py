@@ -20,6 +20,7 @@ checkpoint is then still the last good one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -105,6 +106,28 @@ def build_service(config: Config, env_spec: EnvSpec, stop: threading.Event | Non
         p.autotune_window_seconds, p.autotune_margin, log, stop, failure) if p.autotune else None
     return Service(config, run_dir, learner, checkpointer, stats, pipeline, autotuner,
                    resumed, stop, failure)
+
+
+def train(config: Config, env_spec: EnvSpec, stop: threading.Event | None = None,
+          hand_over=None) -> RunResult:
+    """A checked config's run, start to end: with `--runner=ray` inside a Ray session
+    (connected, a bad address refused, before the model is built; a local Ray this run
+    started is shut down when it ends), `build_service(...)`, `hand_over(service)` if given
+    (before it starts), then `service.run()`. What `ga3c.train` runs after its checks."""
+    p = config.pipeline
+    if p.runner == "ray":
+        from ga3c.ray_runner import ray_session
+
+        # a local Ray gets a CPU for each runner the autotuner may add, too
+        session = ray_session(p.ray_address, max(p.num_runners, p.max_agents) if p.autotune
+                              else p.num_runners)
+    else:
+        session = contextlib.nullcontext()
+    with session:
+        service = build_service(config, env_spec, stop)
+        if hand_over is not None:
+            hand_over(service)
+        return service.run()
 
 
 class Service:

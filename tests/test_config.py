@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -270,22 +269,6 @@ def test_config_is_frozen():
         c.pipeline.num_agents = 1
     assert c == Config()
     hash(c)  # frozen dataclasses with tuple fields are hashable
-
-
-def test_readme_flag_table_lists_every_flag_with_its_default():
-    from absl import flags
-
-    from ga3c.cli import define_flags
-
-    fv = flags.FlagValues()
-    define_flags(fv)
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    rows = dict(re.findall(r"^\| `--(\w+)` \| ([^|]*) \|", readme, flags=re.M))
-    assert set(rows) == set(fv), set(rows) ^ set(fv)
-    for name, shown in rows.items():
-        default = fv[name].default
-        expected = ",".join(default) if isinstance(default, list) else default
-        assert shown.strip() == ("unset" if expected is None else str(expected)), name
 
 
 def test_every_config_field_has_a_flag_and_every_flag_a_field():

@@ -78,10 +78,10 @@ def test_every_copied_path_exists():
 
 
 def readme_commands():
-    """Lines inside the README's fenced code blocks, split at `&&`."""
-    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", read("README.md"), flags=re.M | re.S)
-    return [part.strip() for block in blocks for line in block.splitlines()
-            for part in line.split("&&")]
+    """The README's commands as command lines (tests/test_readme.py reads them)."""
+    from tests.test_readme import README
+
+    return [shlex.join(words) for words in README]
 
 
 def test_install_step_is_the_readme_and_ci_install():
