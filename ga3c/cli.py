@@ -341,6 +341,8 @@ def report(result) -> int:
 
 
 def define_eval_flags(fv: flags.FlagValues) -> None:
+    from ga3c.evaluate import STALL_STEPS
+
     flags.DEFINE_string("logdir", None, "Run directory to evaluate (required).", flag_values=fv)
     flags.DEFINE_string("checkpoint", None, "Checkpoint path prefix (default: the latest).",
                         flag_values=fv)
@@ -353,6 +355,9 @@ def define_eval_flags(fv: flags.FlagValues) -> None:
                         flag_values=fv)
     flags.DEFINE_string("video_dir", None, "Write one mp4 per episode here (needs the "
                         "[video] extra).", flag_values=fv)
+    flags.DEFINE_integer("stall_steps", STALL_STEPS, "End an episode that had no reward in "
+                         "this many steps, with the score it had (0: play to the env's end).",
+                         flag_values=fv)
     flags.DEFINE_string("json", None, "Summary JSON path (default: <logdir>/eval-<ckpt>.json).",
                         flag_values=fv)
 
@@ -402,7 +407,7 @@ def evaluate_run(argv: list[str]) -> int:
     from ga3c.evaluate import evaluate, write_summary
 
     summary = evaluate(fv.logdir, fv.episodes, fv.policy, fv.seed, fv.checkpoint,
-                       fv.video_dir, fv.env)
+                       fv.video_dir, fv.env, fv.stall_steps)
     from ga3c.rundir import RunDir
 
     path = fv.json or RunDir(fv.logdir).eval_json(summary.checkpoint, fv.policy,

@@ -35,6 +35,9 @@ class EvalSummary:
     lengths: list[int]
     videos: list[str]
     note: str = ""
+    # Episodes ended by the stall cutoff: no reward in their last `stall_steps` steps.
+    stalled: int = 0
+    stall_steps: int = 0
 
     def table(self) -> str:
         return (f"{'env':<14}{'backend':<11}{'policy':<8}{'episodes':>9}{'mean':>10}{'std':>9}"
@@ -50,9 +53,25 @@ def check_video_support() -> None:
         raise UserError("--video_dir needs moviepy: pip install -e '.[video]'")
 
 
+# An episode with no reward at all in its last this many steps is ended there (ga3c-eval's
+# --stall_steps default): 18,000 Atari frames, 5 minutes of play. A greedy Breakout policy
+# that stops serving after a lost life plays on without reward until the 108k-frame cap
+# (every game of the 4.05M checkpoint did); its score would not change, only the time.
+STALL_STEPS = 4_500
+
+
+def stall_note(stalled: int, episodes: int, stall_steps: int) -> str:
+    if not stalled:
+        return ""
+    return (f"note: {stalled} of {episodes} episodes had no reward in {stall_steps:,} steps "
+            f"and were ended there, with the score they had (a policy that stopped playing, "
+            f"e.g. a greedy Breakout policy that does not serve); --policy=sample plays on, "
+            f"--stall_steps=0 plays to the env's own end")
+
+
 def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
              checkpoint: str | None = None, video_dir: str | None = None,
-             env_id: str | None = None) -> EvalSummary:
+             env_id: str | None = None, stall_steps: int = STALL_STEPS) -> EvalSummary:
     from ga3c.checkpoints import find_checkpoint
     from ga3c.policy import checkpoint_policy
 
@@ -60,6 +79,8 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
         raise UserError(f"--policy={policy!r}: must be 'greedy' or 'sample'")
     if episodes < 1:
         raise UserError(f"--episodes={episodes}: must be >= 1")
+    if stall_steps < 0:
+        raise UserError(f"--stall_steps={stall_steps}: must be >= 0 (0: no cutoff)")
     run_dir = RunDir(logdir)
     config = run_dir.read_config()
     path = find_checkpoint(run_dir.checkpoints, checkpoint)
@@ -82,7 +103,8 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
         return played.act(obs, sample=policy == "sample")[0]
 
     if video_dir:
-        returns, lengths = _play_recorded(env_id, env_config, episodes, seed, video_dir, act)
+        returns, lengths, stalled = _play_recorded(env_id, env_config, episodes, seed,
+                                                   video_dir, act, stall_steps)
         backend = "threads"  # gymnasium's envs render the screen; see the docstring
         note = ("" if env_backend(run_env, config.env) != "ale_vector" else
                 "note: with --video_dir the episodes are played through gymnasium's Atari "
@@ -94,7 +116,8 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
         env_config = dataclasses.replace(env_config, env_backend=(
             config.env.env_backend if env_id == run_env else "auto"), ale_batch_size=0)
         backend, note = env_backend(env_id, env_config), ""
-        returns, lengths = play_vector(env_id, env_config, episodes, seed, act)
+        returns, lengths, stalled = play_vector(env_id, env_config, episodes, seed, act,
+                                                stall_steps)
     # RecordVideo names them eval-episode-<i>.mp4; list exactly this evaluation's.
     videos = [os.path.join(video_dir, f"eval-episode-{i}.mp4") for i in range(episodes)
               ] if video_dir else []
@@ -104,41 +127,51 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
                        episodes=episodes,
                        mean=float(r.mean()), std=float(r.std()), min=float(r.min()),
                        max=float(r.max()), mean_length=float(np.mean(lengths)),
-                       returns=returns, lengths=lengths, videos=videos, note=note)
+                       returns=returns, lengths=lengths, videos=videos,
+                       note="\n".join(n for n in (note, stall_note(stalled, episodes, stall_steps))
+                                      if n),
+                       stalled=stalled, stall_steps=stall_steps)
 
 
 # Most envs stepped at once by `play_vector` (more episodes are played in waves).
 MAX_EVAL_ENVS = 64
 
 
-def play_vector(env_id: str, env_config, episodes: int, seed: int, act
-                ) -> tuple[list[float], list[int]]:
+def play_vector(env_id: str, env_config, episodes: int, seed: int, act, stall_steps: int = 0
+                ) -> tuple[list[float], list[int], int]:
     """Play `episodes` whole episodes as a vector: waves of up to MAX_EVAL_ENVS envs, each env
     playing exactly one episode per wave (seeds seed, seed+1, ...), so no env's short episodes
-    are over-represented. Returns each episode's return and length, in seed order."""
+    are over-represented. An episode without reward in its last `stall_steps` steps (> 0)
+    ends there. Returns each episode's return and length, in seed order, and how many
+    stalled."""
     returns: list[float] = []
     lengths: list[int] = []
+    stalled = 0
     while len(returns) < episodes:
         n = min(MAX_EVAL_ENVS, episodes - len(returns))
         vec = make_vector_env(env_id, n, env_config)
         try:
             obs, _ = vec.reset(seed=seed + len(returns))
             total, length = np.zeros(n), np.zeros(n, dtype=np.int64)
+            quiet = np.zeros(n, dtype=np.int64)  # steps since the last reward
             playing = np.ones(n, dtype=bool)
             while playing.any():
                 obs, reward, terminated, truncated, _ = vec.step(act(obs))
                 total += np.where(playing, reward, 0.0)
                 length += playing
-                playing &= ~(np.asarray(terminated) | np.asarray(truncated))
+                quiet = np.where(np.asarray(reward) != 0, 0, quiet + 1)
+                stall = playing & (quiet >= stall_steps) if stall_steps else False
+                stalled += int(np.sum(stall))
+                playing &= ~(np.asarray(terminated) | np.asarray(truncated) | stall)
         finally:
             vec.close()
         returns += total.tolist()
         lengths += length.tolist()
-    return returns, lengths
+    return returns, lengths, stalled
 
 
-def _play_recorded(env_id: str, env_config, episodes: int, seed: int, video_dir: str, act
-                   ) -> tuple[list[float], list[int]]:
+def _play_recorded(env_id: str, env_config, episodes: int, seed: int, video_dir: str, act,
+                   stall_steps: int = 0) -> tuple[list[float], list[int], int]:
     """Play episodes one at a time through gymnasium, recording the real screen: ale-py's
     vector env renders no screen, so for Atari these episodes see gymnasium's (opencv)
     preprocessing, not the C++ one an ale_vector run trained on."""
@@ -160,21 +193,24 @@ def _play_recorded(env_id: str, env_config, episodes: int, seed: int, video_dir:
                                             name_prefix="eval", disable_logger=True)
 
     env = make_single_env(env_id, env_config, render_mode="rgb_array", wrap_raw=record_video)
-    returns, lengths = [], []
+    returns, lengths, stalled = [], [], 0
     try:
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed + episode)
-            total, length, done = 0.0, 0, False
+            total, length, quiet, done = 0.0, 0, 0, False
             while not done:
                 obs, reward, terminated, truncated, _ = env.step(int(act(obs[None])[0]))
                 total += float(reward)
                 length += 1
-                done = terminated or truncated
+                quiet = 0 if reward != 0 else quiet + 1
+                stall = bool(stall_steps) and quiet >= stall_steps
+                stalled += stall
+                done = terminated or truncated or stall
             returns.append(total)
             lengths.append(length)
     finally:
         env.close()
-    return returns, lengths
+    return returns, lengths, stalled
 
 
 def write_summary(summary: EvalSummary, path: str) -> None:

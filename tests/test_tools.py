@@ -58,6 +58,7 @@ def test_eval_sampled_policy_with_video(trained_run, tmp_path, capsys):
     (lambda run, tmp: [f"--logdir={run}", f"--checkpoint={tmp}/ckpt-1"], ["not found"]),
     (lambda run, tmp: [f"--logdir={run}", "--episodes=0"], ["--episodes=0"]),
     (lambda run, tmp: [f"--logdir={run}", "--policy=random"], ["policy"]),
+    (lambda run, tmp: [f"--logdir={run}", "--stall_steps=-1"], ["--stall_steps=-1"]),
     (lambda run, tmp: [], ["--logdir is required"]),
 ])
 def test_eval_bad_input_is_one_line_exit_2(trained_run, tmp_path, capsys, make_args, needles):
@@ -163,3 +164,38 @@ def test_eval_refuses_a_checkpoint_that_does_not_fit_the_saved_config(trained_ru
     with open(path, "w") as f:
         json.dump(config, f)
     assert_eval_error(run_eval(capsys, f"--logdir={logdir}"), "cannot restore checkpoint")
+
+
+class ScriptedVectorEnv:
+    """Envs whose rewards follow a script per env (then 0 forever), never ending by
+    themselves unless the script says so: for the evaluator's stall cutoff."""
+
+    def __init__(self, scripts, ends):
+        self.scripts, self.ends, self.t = scripts, ends, 0
+
+    def reset(self, seed=None):
+        return np.zeros((len(self.scripts), 1), np.float32), {}
+
+    def step(self, actions):
+        t, self.t = self.t, self.t + 1
+        reward = np.array([s[t] if t < len(s) else 0.0 for s in self.scripts])
+        terminated = np.array([t + 1 == e for e in self.ends])
+        return (np.zeros((len(self.scripts), 1), np.float32), reward, terminated,
+                np.zeros(len(self.scripts), bool), {})
+
+    def close(self):
+        pass
+
+
+def test_eval_ends_an_episode_without_reward_for_stall_steps(monkeypatch):
+    import ga3c.evaluate as ev
+
+    # env 0: rewards at steps 0 and 4, then none (stalls 5 steps later, at length 10);
+    # env 1: ends by itself at 3; env 2: a reward every step until it ends at 12
+    scripts = [[1, 0, 0, 0, 2], [], [1] * 12]
+    monkeypatch.setattr(ev, "make_vector_env",
+                        lambda env_id, n, cfg: ScriptedVectorEnv(scripts, [None, 3, 12]))
+    returns, lengths, stalled = ev.play_vector("x", None, 3, 0, lambda obs: np.zeros(3), 5)
+    assert (returns, lengths, stalled) == ([3.0, 0.0, 12.0], [10, 3, 12], 1)
+    assert "1 of 3 episodes had no reward in 5 steps" in ev.stall_note(1, 3, 5)
+    assert ev.stall_note(0, 3, 5) == ""
