@@ -368,6 +368,12 @@ def define_plot_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("out", "curve.png", "Output image (PNG).", flag_values=fv)
     flags.DEFINE_integer("window", 100, "Episodes in the rolling mean.", flag_values=fv)
     flags.DEFINE_string("title", None, "Figure title.", flag_values=fv)
+    flags.DEFINE_bool("updates", False, "Draw the training steps' instruments from each "
+                      "run's updates.csv (--log_updates) instead of the score curves.",
+                      flag_values=fv)
+    flags.DEFINE_float("from_steps", 0, "--updates: first env step drawn.", flag_values=fv)
+    flags.DEFINE_float("to_steps", 0, "--updates: last env step drawn (0: the end).",
+                       flag_values=fv)
 
 
 def run_entry(prog: str, define, usage: str, argv: list[str] | None, body) -> int:
@@ -434,9 +440,13 @@ def plot(argv: list[str]) -> int:
         raise UserError("give at least one --logdir")
     if fv.window < 1:
         raise UserError(f"--window={fv.window}: must be >= 1")
-    from ga3c.plot import plot_runs
+    from ga3c.plot import expand, plot_runs, plot_updates
 
-    out = plot_runs(fv.logdir, fv.out, fv.window, fv.title)
+    if fv.updates:
+        out = plot_updates([d for spec in fv.logdir for d in expand(spec)], fv.out,
+                           fv.window, fv.title, fv.from_steps, fv.to_steps)
+    else:
+        out = plot_runs(fv.logdir, fv.out, fv.window, fv.title)
     print(f"wrote {out}")
     return 0
 

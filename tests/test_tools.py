@@ -199,3 +199,31 @@ def test_eval_ends_an_episode_without_reward_for_stall_steps(monkeypatch):
     assert (returns, lengths, stalled) == ([3.0, 0.0, 12.0], [10, 3, 12], 1)
     assert "1 of 3 episodes had no reward in 5 steps" in ev.stall_note(1, 3, 5)
     assert ev.stall_note(0, 3, 5) == ""
+
+
+def test_plot_updates_draws_the_instruments_of_a_run(tmp_path):
+    pytest.importorskip("matplotlib")
+    from ga3c.plot import read_updates
+    from ga3c.stats import Stats
+
+    run = tmp_path / "run"
+    write_csv(run, [(i * 0.1, 100 * (i + 1), float(i % 5)) for i in range(50)])
+    stats = Stats()
+    stats.log_updates_to(str(run / "updates.csv"))
+    for i in range(200):
+        stats.add_env_steps(25, np.zeros(0), np.zeros(0))
+        stats.add_training(80, np.zeros(80), {"logit_spread": 1.0, "explained_variance": 0.5,
+                                              "entropy": 1.7},
+                           {"max_abs_advantage": 1.0, "max_step": 2.0, "max_step_unclipped": 9.0,
+                            "dead_relu/conv0": i / 200, "dead_relu/dense": 0.4})
+    stats.close()
+    with open(run / "updates.csv", "a") as f:
+        f.write("201,5025,1.0")  # a row cut short by a kill
+    up = read_updates(str(run))
+    assert len(up["update"]) == 200 and up["dead_relu/conv0"][-1] == pytest.approx(0.995)
+    out = tmp_path / "updates.png"
+    assert plot_main([f"--logdir={run}", "--updates", f"--out={out}", "--window=10",
+                      "--from_steps=1000"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    write_csv(tmp_path / "plain", [(0.1, 10, 5.0)])
+    assert plot_main([f"--logdir={tmp_path / 'plain'}", "--updates", f"--out={out}"]) == 2
