@@ -143,8 +143,8 @@ class RunConfig:
     log_every_seconds: float = 2.0
     resume: bool = True
     # Write updates.csv: a row per training step (loss terms and instruments), for looking at
-    # what the updates before a collapse did. ~200 bytes per update: Pong's 3M agent steps
-    # are ~37k updates (~8 MB); CartPole makes ~90 updates/s.
+    # what the updates before a collapse did. ~210 bytes per update (Pong: 6.6 MB for the 30,939
+    # updates of 2.60M agent steps); CartPole makes ~70-90 updates/s.
     log_updates: bool = False
     tf_threads: int = 0  # TensorFlow intra-op threads; 0 lets TensorFlow decide
     # Device options, off by default (on CPU they cost more than they give).

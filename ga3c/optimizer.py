@@ -8,7 +8,8 @@ up to 1 / sqrt(1 - rho) = 10 (rho 0.99): every such weight of a layer steps 10x 
 `update_clip = d > 0` scales each weight tensor's u down to a root-mean-square of at most d
 (Adafactor's "update clipping", Shazeer & Stern 2018, section 5, for the same out-of-date
 second moments): steady steps (RMS ~1) pass unchanged, a burst is cut back to d's size.
-`update_clip = 0` is Keras' RMSprop unchanged (its own `update_step`).
+`update_clip = 0` is Keras' RMSprop unchanged: its update, op for op (a test compares them
+bit for bit).
 
 Under `recording()` each step also leaves each tensor's largest |u|, its clip factor and its
 sum of u^2, from the u it used: the training step's instruments (`ga3c.learner`) read them.

@@ -152,6 +152,7 @@ class Stats:
         self._csv = None
         self._updates_file = None
         self._updates_csv = None
+        self._updates_header = False  # updates.csv still needs its header row
         self.restart_clock()
         if episodes_csv is not None:
             self.log_episodes_to(episodes_csv)

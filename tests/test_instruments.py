@@ -11,7 +11,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from ga3c.config import AlgoConfig, NetworkConfig  # noqa: E402
-from ga3c.learner import Learner, a3c_loss  # noqa: E402
+from ga3c.learner import Learner, a3c_loss, layer_of  # noqa: E402
 from ga3c.optimizer import ClippedRMSprop  # noqa: E402
 import keras  # noqa: E402
 from ga3c.returns import Transitions  # noqa: E402
@@ -90,8 +90,8 @@ def test_step_probes_match_the_step_the_weights_took(update_clip):
                                                         rel=1e-4)
     deltas: dict[str, float] = {}
     for var, b in zip(learner.model.trainable_variables, before):
-        layer = var.path.split("/")[0]
-        deltas[layer] = deltas.get(layer, 0.0) + float(np.sum((b - var.numpy()) ** 2))
+        moved = float(np.sum((b - var.numpy()) ** 2))
+        deltas[layer_of(var)] = deltas.get(layer_of(var), 0.0) + moved
     for layer, sq in deltas.items():
         assert probes[f"step_norm/{layer}"] == pytest.approx(np.sqrt(sq), rel=2e-3), layer
 
