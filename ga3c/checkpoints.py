@@ -60,9 +60,11 @@ class Checkpointer:
             path = self.manager.save(checkpoint_number=number)
         except Exception as exc:  # noqa: BLE001 - OSError, tf.errors.*: the disk said no
             prefix = os.path.join(self.manager.directory, f"ckpt-{number}")
-            self._remove_unfinished(prefix)
-            raise WriteError(f"cannot write checkpoint {prefix}: {write_error_reason(exc)}; "
-                             f"{self.latest_note()}") from exc
+            kept = self._remove_unfinished(prefix)
+            left = (f"; its files {', '.join(kept)} could not be removed (nothing names them: "
+                    "a resume ignores them)" if kept else "")
+            raise WriteError(f"cannot write checkpoint {prefix}: {write_error_reason(exc)}"
+                             f"{left}; {self.latest_note()}") from exc
         self._saved_counts = (number, updates)
         return path
 
@@ -78,16 +80,22 @@ class Checkpointer:
         latest = self.on_disk_latest()
         return f"the latest checkpoint is {latest}" if latest else "no checkpoint was written"
 
-    def _remove_unfinished(self, prefix: str) -> None:
+    def _remove_unfinished(self, prefix: str) -> list[str]:
         """Remove the files of a checkpoint whose write failed, unless the state file already
-        names it (the data were complete; only the tidy-up after it failed)."""
+        names it (the data were complete; only the tidy-up after it failed). The names of
+        those that could not be removed (a directory turned read-only after the data were
+        written and before the state file was), sorted."""
         if self.on_disk_latest() == prefix:
-            return
+            return []
         left = [glob.escape(prefix) + ".*", glob.escape(prefix) + "_temp*",
                 os.path.join(glob.escape(self.manager.directory), "checkpoint.tmp*")]
+        kept = []
         for path in [p for pattern in left for p in glob.glob(pattern)]:
-            with contextlib.suppress(OSError):
+            try:
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            except OSError:
+                kept.append(os.path.basename(path))
+        return sorted(kept)
 
 
 def find_checkpoint(directory: str, checkpoint: str | None = None) -> str:

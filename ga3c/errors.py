@@ -35,6 +35,11 @@ class WriteError(RunError):
     directory turned read-only, permission lost..."""
 
 
+class LogWriteError(WriteError):
+    """One of the run's logs (episodes.csv, updates.csv, tb/) could not be written; the
+    service adds which checkpoint is the latest to the message."""
+
+
 def write_error_reason(exc: BaseException) -> str:
     """Why a write failed, in a few words: "No space left on device" rather than an OSError's
     repr or TensorFlow's "{{function_node ...}} /path/ckpt-9_temp; No space left on device

@@ -33,7 +33,8 @@ from ga3c.autotune import Autotuner
 from ga3c.checkpoints import Checkpointer
 from ga3c.config import Config
 from ga3c.envs import EnvSpec
-from ga3c.errors import NonFiniteError, RunError, UserError, WriteError, first_line, write_error_reason
+from ga3c.errors import (LogWriteError, NonFiniteError, RunError, UserError, WriteError,
+                         first_line, write_error_reason)
 from ga3c.learner import Learner
 from ga3c.pipeline import JOIN_SECONDS, Pipeline
 from ga3c.rundir import RunDir, keep_aside
@@ -211,7 +212,7 @@ class Service:
             try:  # a full disk can fail these too: reported, after what failed first
                 close()
             except Exception as exc:  # noqa: BLE001
-                self.failure.record(threading.current_thread().name, WriteError(
+                self.failure.record(threading.current_thread().name, LogWriteError(
                     f"cannot write {os.path.join(self.run_dir.path, what)}: "
                     f"{write_error_reason(exc)}"))
         if not self.failure or getattr(self.failure.exception, "keeps_model", False):
@@ -285,7 +286,9 @@ class Service:
             result.error = message
         elif isinstance(exc, RunError):
             result.error = str(exc)
-            if exc.keeps_model:
+            if isinstance(exc, LogWriteError):
+                result.error += f"; {self.checkpointer.latest_note()}"
+            elif exc.keeps_model:
                 result.error += (f"; {self.checkpointer.latest_note()} (the same command "
                                  "resumes from it)")
         else:
@@ -359,6 +362,10 @@ class Service:
             scalars["runners/round_trip_p95_ms"] = w.round_trip_p95 * 1e3
         if self.config.pipeline.runner == "ray":  # so far in this process: a step up per death
             scalars["runners/dropped_transitions"] = w.total_dropped_transitions
-        with writer.as_default(step=w.total_env_steps):
-            for k, v in scalars.items():
-                tf.summary.scalar(k, v)
+        try:  # the writer flushes as it goes: a full disk fails here as in a checkpoint
+            with writer.as_default(step=w.total_env_steps):
+                for k, v in scalars.items():
+                    tf.summary.scalar(k, v)
+        except Exception as exc:  # noqa: BLE001 - tf.errors.ResourceExhaustedError, OSError...
+            raise LogWriteError(f"cannot write {self.run_dir.tensorboard}: "
+                                f"{write_error_reason(exc)}") from exc

@@ -12,6 +12,7 @@ Pure Python + numpy (no TensorFlow): the TensorBoard writer lives in `ga3c.servi
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import dataclasses
 import os
@@ -20,6 +21,8 @@ import threading
 import time
 
 import numpy as np
+
+from ga3c.errors import LogWriteError, write_error_reason
 
 COUNTERS = ("env_steps", "episodes", "predict_calls", "predictions", "train_calls",
             "train_samples", "round_trips", "dropped_transitions")
@@ -200,7 +203,8 @@ class Stats:
                 self._returns.append(ret)
                 self._counts["episodes"] += 1
                 if self._csv is not None:
-                    self._csv.writerow([f"{wall:.3f}", steps, ret, length])
+                    with _writing(self._csv_file):
+                        self._csv.writerow([f"{wall:.3f}", steps, ret, length])
 
     def end_source(self, source: str) -> None:
         """`source` (a Ray runner) reports no more: windows after its last steps leave it
@@ -242,11 +246,12 @@ class Stats:
                        "seconds": round(self.train_seconds(), 3), "rows": batch,
                        "lag_mean": float(np.mean(lags)) if len(lags) else 0.0,
                        **losses, **(probes or {})}
-                if self._updates_header:
-                    self._updates_csv.writerow(list(row))
-                    self._updates_header = False
-                self._updates_csv.writerow([f"{v:.6g}" if isinstance(v, float) else v
-                                            for v in row.values()])
+                with _writing(self._updates_file):
+                    if self._updates_header:
+                        self._updates_csv.writerow(list(row))
+                        self._updates_header = False
+                    self._updates_csv.writerow([f"{v:.6g}" if isinstance(v, float) else v
+                                                for v in row.values()])
 
     # -- read by the main thread ----------------------------------------------------------
     def train_seconds(self) -> float:
@@ -279,7 +284,8 @@ class Stats:
     def snapshot(self) -> Snapshot:
         with self._lock:
             if self._csv_file is not None:
-                self._csv_file.flush()
+                with _writing(self._csv_file):
+                    self._csv_file.flush()
             return Snapshot(time.monotonic(), dict(self._counts), dict(self._loss_sums),
                             self._loss_count, dict(self._source_steps),
                             frozenset(self._ended_sources))
@@ -341,6 +347,16 @@ class Stats:
             if self._updates_file is not None:
                 self._updates_file.close()
                 self._updates_file = self._updates_csv = None
+
+
+@contextlib.contextmanager
+def _writing(file):
+    """A failed write to one of the run's logs (a full disk: the buffer's flush fails in
+    whichever thread fills it) raises LogWriteError naming the file, not an OSError."""
+    try:
+        yield
+    except OSError as exc:
+        raise LogWriteError(f"cannot write {file.name}: {write_error_reason(exc)}") from exc
 
 
 # A window's logit spread or explained variance below half the previous window's is reported

@@ -2,6 +2,7 @@
 instruments' windows, the collapse warning and updates.csv."""
 
 import csv
+import os
 import time
 
 import numpy as np
@@ -178,3 +179,22 @@ def test_updates_csv_has_a_row_per_update_with_probes(tmp_path):
     stats.add_training(8, np.zeros(2), {"loss": 0.1}, {"max_step": 3.0})
     stats.close()
     assert [r["update"] for r in csv.DictReader(open(path))] == ["1", "2", "1"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_under_the_logs_is_a_log_write_error():
+    """/dev/full fails every flush with ENOSPC, as a full disk fails the logs' buffered
+    writes: the flush (a snapshot, a full buffer in a worker thread) raises LogWriteError
+    naming the file, which the service reports as one line."""
+    from ga3c.errors import LogWriteError
+
+    stats = Stats(None)
+    stats.log_episodes_to("/dev/full")
+    stats.add_env_steps(10, np.array([1.0]), np.array([10]))
+    with pytest.raises(LogWriteError, match="cannot write /dev/full: No space left on device"):
+        stats.snapshot()
+    stats = Stats(None)
+    stats.log_updates_to("/dev/full")
+    with pytest.raises(LogWriteError, match="cannot write /dev/full: No space left on device"):
+        for _ in range(5000):  # fills the 64 KiB buffer: the write in add_training flushes it
+            stats.add_training(8, np.zeros(8), {"policy": 0.123456789, "value": 1.0})

@@ -339,6 +339,66 @@ def test_checkpoint_state_write_failure_exits_1_and_keeps_the_previous(tmp_path,
     assert_restorable(logdir, written[-1])
 
 
+def test_checkpoint_files_that_cannot_be_removed_are_named(tmp_path, monkeypatch, capsys):
+    """The state file fails and the orphaned data files cannot be removed either (the
+    directory turned read-only between them): the one line names what was left."""
+    from tensorflow.python.checkpoint import checkpoint_management
+
+    EROFS = OSError(errno.EROFS, os.strerror(errno.EROFS))
+    real_update, real_remove = checkpoint_management.update_checkpoint_state_internal, os.remove
+    state = {"fail": False}
+
+    def update(*args, **kwargs):
+        if state["fail"]:
+            raise EROFS
+        return real_update(*args, **kwargs)
+
+    def remove(path, *args, **kwargs):
+        if state["fail"]:
+            raise EROFS
+        return real_remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_management, "update_checkpoint_state_internal", update)
+    monkeypatch.setattr(os, "remove", remove)
+
+    def fail(manager, call, number):
+        state["fail"] = call == 3
+
+    code, line, logdir, written = run_until_saves_fail(tmp_path, monkeypatch, capsys, fail)
+    state["fail"] = False
+    assert code == 1
+    failed = line.split("cannot write checkpoint ", 1)[1].split(":", 1)[0]
+    left = sorted(n for n in os.listdir(os.path.join(logdir, "checkpoints"))
+                  if n.startswith(os.path.basename(failed) + "."))
+    assert left and f"its files {', '.join(left)} could not be removed" in line, line
+    assert line.endswith(f"the latest checkpoint is {written[-1]}")
+    assert_restorable(logdir, written[-1])  # the orphaned files are ignored
+
+
+def test_tensorboard_write_failure_is_one_line(tmp_path, monkeypatch, capsys):
+    """The summary writer hits a full disk (TensorFlow raises ResourceExhaustedError when it
+    flushes): one line naming tb/ and the latest checkpoint, no traceback."""
+    logdir = str(tmp_path / "run")
+    service = make_service(logdir, "--log_every_seconds=0.2", "--checkpoint_every_seconds=0.1")
+    real_scalar, calls = tf.summary.scalar, []
+
+    def scalar(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 30:
+            raise tf.errors.ResourceExhaustedError(
+                None, None, f"{logdir}/tb/events.out.tfevents.1; No space left on device\n"
+                "\tFailed to flush 11 events")
+        return real_scalar(*args, **kwargs)
+
+    monkeypatch.setattr(tf.summary, "scalar", scalar)
+    t0 = time.monotonic()
+    code = report(service.run())
+    assert time.monotonic() - t0 < 50
+    line = one_error_line(capsys)
+    assert code == 1
+    assert f"cannot write {logdir}/tb: No space left on device; the latest checkpoint is " in line
+
+
 def test_policy_write_failure_exits_1_with_the_previous_policy_intact(tmp_path, monkeypatch,
                                                                       capsys):
     import keras
