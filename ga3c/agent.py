@@ -16,9 +16,12 @@ from __future__ import annotations
 import threading
 from typing import Callable, NamedTuple
 
+import gymnasium as gym
 import numpy as np
 
+from ga3c.distributions import CategoricalHead, head_for
 from ga3c.envs import LockStepEnvs
+from ga3c.normalize import RewardScaler
 from ga3c.predictor import PredictorGroup, ReplySlot
 from ga3c.returns import EpisodeTracker, NStepBuilder, Transitions
 from ga3c.threads import Failure, Worker, put_until_stopped
@@ -26,7 +29,7 @@ from ga3c.threads import Failure, Worker, put_until_stopped
 
 def sample_actions(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One categorical sample per row of logits (Gumbel-max trick: no softmax needed)."""
-    return np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
+    return CategoricalHead.sample(logits, rng)
 
 
 class LifeCounter:
@@ -85,25 +88,44 @@ class Bookkeeper:
     """
 
     def __init__(self, num_envs: int, obs_shape, obs_dtype, n_step: int, gamma: float,
-                 clip_rewards: bool = False, episodic_life: bool = False) -> None:
+                 clip_rewards: bool = False, episodic_life: bool = False, head=None,
+                 normalize_reward: bool = False) -> None:
         E = self.num_envs = num_envs
+        # How actions are drawn and what the env is sent (`ga3c.distributions`); None: the
+        # categorical head (its actions reach the env as drawn).
+        self.head = head
+        action_shape = () if head is None else head.action_shape
+        action_dtype = np.int32 if head is None else head.action_dtype
         self._builder = NStepBuilder(
             E, n_step, gamma, obs_shape,
-            np.float32 if np.issubdtype(obs_dtype, np.floating) else obs_dtype)
+            np.float32 if np.issubdtype(obs_dtype, np.floating) else obs_dtype,
+            action_shape, action_dtype)
         self._tracker = EpisodeTracker(E)
         self._lives = LifeCounter(E) if episodic_life else None
         self._clip_rewards = clip_rewards
+        self._reward_scaler = RewardScaler(E, gamma) if normalize_reward else None
         self._started = np.zeros(E, dtype=bool)  # has the env's first (reset) obs arrived?
-        self._actions = np.zeros(E, dtype=np.int64)  # last action sent to each env ...
+        # last action drawn for each env (for a Box: the unclipped sample, what training
+        # scores) ...
+        self._actions = np.zeros((E, *action_shape),
+                                 dtype=np.int64 if head is None else action_dtype)
         self._versions = np.zeros(E, dtype=np.int64)  # ... and the model version that chose it
         self._ids = np.arange(E)  # the envs whose observations wait for actions ...
         self.obs: np.ndarray | None = None  # ... and those observations
 
     @classmethod
     def of(cls, envs, *args, **kwargs) -> "Bookkeeper":
-        """The bookkeeping for `envs` (a vector env: its num_envs and observation space)."""
+        """The bookkeeping for `envs` (a vector env: its num_envs, observation space and,
+        where it has one, action space)."""
         space = envs.single_observation_space
+        actions = getattr(envs, "single_action_space", None)
+        if isinstance(actions, gym.spaces.Box) and "head" not in kwargs:
+            kwargs["head"] = head_for(actions)
         return cls(envs.num_envs, space.shape, space.dtype, *args, **kwargs)
+
+    def sample(self, params: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Actions drawn from the policy parameters a predictor replied."""
+        return sample_actions(params, rng) if self.head is None else self.head.sample(params, rng)
 
     @property
     def held(self) -> int:
@@ -123,10 +145,12 @@ class Bookkeeper:
 
     def act(self, actions: np.ndarray, version: int) -> np.ndarray:
         """Record one action per waiting env (in the order of the last observations);
-        returns the actions to send to the envs."""
+        returns the actions to send to the envs (a Box's: clipped to its bounds; training
+        keeps the sample as drawn)."""
         self._actions[self._ids] = actions
         self._versions[self._ids] = version
-        return self._actions[self._ids]
+        sent = self._actions[self._ids]
+        return sent if self.head is None else self.head.to_env(sent)
 
     def observe(self, ids: np.ndarray, obs: np.ndarray, rewards: np.ndarray,
                 terminated: np.ndarray, truncated: np.ndarray, info: dict) -> StepResult:
@@ -137,6 +161,9 @@ class Bookkeeper:
         train_rewards = rewards[rows]
         if self._clip_rewards:  # training sees clipped rewards; the scores stay the game's
             train_rewards = np.clip(train_rewards, -1.0, 1.0)
+        if self._reward_scaler is not None:  # divided by a running return std (training only)
+            train_rewards = self._reward_scaler.scale(
+                train_rewards, np.logical_or(terminated[rows], truncated[rows]), ids[rows])
         life_lost = (None if self._lives is None else
                      self._lives.lost(ids[rows], {"lives": np.asarray(info["lives"])[rows]}))
         valid = builder.add(self._actions[ids[rows]], train_rewards, terminated[rows],
@@ -161,9 +188,10 @@ class EnvStepper:
     """
 
     def __init__(self, envs, n_step: int, gamma: float, clip_rewards: bool = False,
-                 episodic_life: bool = False) -> None:
+                 episodic_life: bool = False, normalize_reward: bool = False) -> None:
         self.envs = LockStepEnvs.of(envs)
-        self.book = Bookkeeper.of(self.envs, n_step, gamma, clip_rewards, episodic_life)
+        self.book = Bookkeeper.of(self.envs, n_step, gamma, clip_rewards, episodic_life,
+                                  normalize_reward=normalize_reward)
 
     def reset(self, seed: int) -> np.ndarray:
         ids, obs, info = self.envs.reset(seed)
@@ -185,7 +213,7 @@ class Agent(Worker):
     def __init__(self, index: int, make_envs: Callable[[], LockStepEnvs], seed: int,
                  n_step: int, gamma: float, predictors: PredictorGroup, training_queue,
                  stats, stop: threading.Event, failure: Failure, clip_rewards: bool = False,
-                 episodic_life: bool = False) -> None:
+                 episodic_life: bool = False, normalize_reward: bool = False) -> None:
         super().__init__(f"agent-{index}", stop, failure)
         self._make_envs = make_envs
         self._seed = seed
@@ -195,6 +223,7 @@ class Agent(Worker):
         self._stats = stats
         self._clip_rewards = clip_rewards
         self._episodic_life = episodic_life
+        self._normalize_reward = normalize_reward
         # A stream of its own: the envs are seeded with `seed` too (gymnasium's np_random).
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         self.started = threading.Event()  # its envs are made and reset: it steps from now
@@ -203,7 +232,7 @@ class Agent(Worker):
         envs = self._make_envs()
         try:
             self._loop(EnvStepper(envs, self._n_step, self._gamma, self._clip_rewards,
-                                  self._episodic_life))
+                                  self._episodic_life, self._normalize_reward))
         finally:
             envs.close()
 
@@ -215,7 +244,7 @@ class Agent(Worker):
             reply = self._predictors.predict(obs, slot, self)
             if reply is None:
                 return
-            result = stepper.step(sample_actions(reply.logits, self.rng), reply.version)
+            result = stepper.step(stepper.book.sample(reply.logits, self.rng), reply.version)
             obs = result.obs
             if not deliver(result, self._stats, self._training_queue, self):
                 return

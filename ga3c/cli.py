@@ -33,7 +33,8 @@ EXIT_BAD_INPUT = 2
 def define_flags(fv: flags.FlagValues) -> None:
     d = Config()  # defaults live in the dataclasses; flags only mirror them
     e, n, a, p, r = d.env, d.network, d.algo, d.pipeline, d.run
-    flags.DEFINE_string("env", e.env_id, "Gymnasium env id (discrete actions).", flag_values=fv)
+    flags.DEFINE_string("env", e.env_id, "Gymnasium env id (Discrete or 1-D Box actions).",
+                        flag_values=fv)
     flags.DEFINE_integer("envs_per_agent", e.envs_per_agent,
                          "Envs stepped together by each environment thread (each Ray runner "
                          "with --runner=ray).", flag_values=fv)
@@ -53,6 +54,13 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_bool("episodic_life", e.episodic_life,
                       "Atari: a lost life ends the training episode (scores stay whole games).",
                       flag_values=fv)
+    flags.DEFINE_bool("normalize_obs", e.normalize_obs,
+                      "Vector observations: normalise by running mean/var (kept in the "
+                      "checkpoint; applied alike in training, ga3c-eval, load_policy).",
+                      flag_values=fv)
+    flags.DEFINE_bool("normalize_reward", e.normalize_reward,
+                      "Divide training rewards by a running std of the discounted return "
+                      "(reported scores stay real).", flag_values=fv)
     flags.DEFINE_list("hidden", [str(h) for h in n.hidden], "MLP hidden layer sizes.",
                       flag_values=fv)
     flags.DEFINE_bool("separate_towers", n.separate_towers,
@@ -60,6 +68,8 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_enum("cnn", n.cnn, ["ga3c", "nature"],
                       "CNN trunk for image observations: GA3C's or the larger Nature DQN.",
                       flag_values=fv)
+    flags.DEFINE_float("log_std_init", n.log_std_init,
+                       "Box actions: initial log-std of the Gaussian policy.", flag_values=fv)
     flags.DEFINE_enum("init", n.init, ["orthogonal", "glorot"],
                       "Kernel init of trunk and value head: orthogonal (gain sqrt(2) trunk, 1 "
                       "value head, as OpenAI baselines / SB3) or Keras' glorot.", flag_values=fv)

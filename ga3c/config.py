@@ -47,6 +47,13 @@ class EnvConfig:
     # Atari: a lost life ends the training episode (no bootstrap across it); scores and
     # episode counts still follow whole games.
     episodic_life: bool = False
+    # Vector observations: normalise by a running mean and variance (clipped to +-10). The
+    # statistics are variables of the network: checkpointed, and applied alike in training,
+    # ga3c-eval and ga3c.load_policy.
+    normalize_obs: bool = False
+    # Divide training rewards by a running std of the discounted return (per agent's envs,
+    # as SB3's VecNormalize; not checkpointed). Scores stay the env's.
+    normalize_reward: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +68,8 @@ class NetworkConfig:
     # as OpenAI baselines / SB3) or "glorot" (Keras' default). The policy head is always
     # orthogonal with gain 0.01.
     init: str = "orthogonal"
+    # Box action spaces: the Gaussian policy's state-independent log-std starts here.
+    log_std_init: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +195,10 @@ class Config:
               "one or more positive layer sizes")
         check(n.cnn in ("ga3c", "nature"), "cnn", n.cnn, "'ga3c' or 'nature'")
         check(n.init in ("orthogonal", "glorot"), "init", n.init, "'orthogonal' or 'glorot'")
+        check(finite(n.log_std_init) and -5 <= n.log_std_init <= 2, "log_std_init",
+              n.log_std_init, "in [-5, 2]")
+        check(not (e.clip_rewards and e.normalize_reward), "normalize_reward",
+              e.normalize_reward, "false with --clip_rewards (one reward transform at a time)")
         check(a.n_step >= 1, "n_step", a.n_step, ">= 1")
         check(finite(a.gamma) and 0.0 < a.gamma <= 1.0, "gamma", a.gamma, "in (0, 1]")
         check(finite(a.learning_rate) and a.learning_rate > 0, "learning_rate", a.learning_rate, "> 0")

@@ -23,7 +23,24 @@ class EnvError(UserError, ValueError):
 class EnvSpec:
     obs_shape: tuple[int, ...]
     obs_dtype: np.dtype
-    num_actions: int
+    num_actions: int  # Discrete: the number of actions; Box: the action dimension
+    # A Box action space (a Gaussian policy) and its bounds; a Discrete one: False, ().
+    continuous: bool = False
+    action_low: tuple[float, ...] = ()
+    action_high: tuple[float, ...] = ()
+
+    def head(self):
+        """The agents' action head (`ga3c.distributions`)."""
+        from ga3c.distributions import CategoricalHead, GaussianHead
+
+        if self.continuous:
+            return GaussianHead(self.action_low, self.action_high)
+        return CategoricalHead(self.num_actions)
+
+
+SUPPORTED = ("ga3c supports Discrete or 1-D Box action spaces (Box bounds finite), with Box "
+             "observations: flat vectors (MLP) or uint8 stacked frames (stack, height, width) "
+             "(CNN)")
 
 
 def resolve_env_id(env_id: str) -> str:
@@ -171,6 +188,7 @@ class LockStepEnvs:
         self.env = env
         self.num_envs = env.num_envs
         self.single_observation_space = env.single_observation_space
+        self.single_action_space = getattr(env, "single_action_space", None)
         self._ids = np.arange(env.num_envs)
         self._actions = None
 
@@ -281,15 +299,43 @@ def inspect_env(env_id: str, env: EnvConfig | None = None) -> EnvSpec:
         act, obs = vec.single_action_space, vec.single_observation_space
     finally:
         vec.close()
-    if not isinstance(act, gym.spaces.Discrete):
-        raise EnvError(f"env {env_id!r} has action space {act}; ga3c needs a Discrete action space")
+    box = isinstance(act, gym.spaces.Box)
+    if not (isinstance(act, gym.spaces.Discrete)
+            or box and len(act.shape) == 1 and act.shape[0] >= 1
+            and np.all(np.isfinite(act.low)) and np.all(np.isfinite(act.high))):
+        raise EnvError(f"env {env_id!r} has action space {act}; {SUPPORTED}")
     if not isinstance(obs, gym.spaces.Box) or len(obs.shape) not in (1, 3):
-        raise EnvError(f"env {env_id!r} has observation space {obs}; ga3c needs flat vectors "
-                       "(MLP) or stacked frames (stack, height, width) (CNN)")
+        raise EnvError(f"env {env_id!r} has observation space {obs}; {SUPPORTED}")
     if len(obs.shape) == 3 and obs.dtype != np.uint8:
         raise EnvError(f"env {env_id!r} has {obs.dtype} frames; the CNN takes uint8 frames")
+    problems = []
+    if len(obs.shape) == 3 and box:
+        problems.append(f"env {env_id!r} has frame observations and a Box action space: the "
+                        "CNN is for Discrete actions (Box actions take vector observations)")
+    if env is not None and env.normalize_obs and len(obs.shape) == 3:
+        problems.append(f"--normalize_obs is for vector observations; {env_id!r} has frames "
+                        "(the CNN scales them to [0, 1] itself)")
+    if problems:
+        raise EnvError("; ".join(problems))
     dtype = np.dtype(np.float32) if np.issubdtype(obs.dtype, np.floating) else np.dtype(obs.dtype)
+    if box:
+        return EnvSpec(tuple(obs.shape), dtype, int(act.shape[0]), True,
+                       tuple(float(x) for x in act.low), tuple(float(x) for x in act.high))
     return EnvSpec(tuple(obs.shape), dtype, int(act.n))
+
+
+def combination_problems(config: Config, spec: EnvSpec) -> list[str]:
+    """What `config` asks that this env's spaces cannot take."""
+    problems = []
+    frames = len(spec.obs_shape) == 3
+    if not frames and config.network.cnn != "ga3c":
+        problems.append(f"--cnn={config.network.cnn} is for frame observations; "
+                        f"{config.env.env_id!r} has vectors {spec.obs_shape}, which the MLP "
+                        "takes (--hidden)")
+    if spec.continuous and config.pipeline.runner == "ray":
+        problems.append("--runner=ray steps Discrete action spaces only; use --runner=threads "
+                        f"for {config.env.env_id!r}'s Box actions")
+    return problems
 
 
 def check_config(config: Config) -> EnvSpec:
@@ -302,6 +348,8 @@ def check_config(config: Config) -> EnvSpec:
             spec = inspect_env(config.env.env_id, config.env)
         except EnvError as exc:
             problems.append(str(exc))
+    if spec is not None:
+        problems += combination_problems(config, spec)
     if problems:
         raise UserError("invalid config: " + "; ".join(problems))
     return spec

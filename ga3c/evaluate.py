@@ -97,7 +97,9 @@ def evaluate(logdir: str, episodes: int, policy: str = "greedy", seed: int = 0,
                         f"{run_spec.obs_shape} and {run_spec.num_actions}")
     if video_dir:
         check_video_support()
-    played = checkpoint_policy(path, config.network, spec, seed)
+    if spec.continuous != run_spec.continuous:
+        raise UserError(f"env mismatch: {env_id} and {run_env} differ in action space kind")
+    played = checkpoint_policy(path, config.network, spec, seed, config.env.normalize_obs)
 
     def act(obs: np.ndarray) -> np.ndarray:
         return played.act(obs, sample=policy == "sample")[0]
@@ -199,7 +201,9 @@ def _play_recorded(env_id: str, env_config, episodes: int, seed: int, video_dir:
             obs, _ = env.reset(seed=seed + episode)
             total, length, quiet, done = 0.0, 0, 0, False
             while not done:
-                obs, reward, terminated, truncated, _ = env.step(int(act(obs[None])[0]))
+                action = act(obs[None])[0]
+                obs, reward, terminated, truncated, _ = env.step(
+                    action if played.head.continuous else int(action))
                 total += float(reward)
                 length += 1
                 quiet = 0 if reward != 0 else quiet + 1

@@ -30,7 +30,8 @@ prints the same flags.
 Flags are [absl](https://abseil.io/docs/python/guides/flags) flags: `--name=value`, booleans
 also `--name` / `--noname`. `--flagfile=FILE` reads one flag per line (`#` comments allowed);
 flags given after it override the file. `--env` takes any gymnasium id with a Discrete action
-space and flat Box observations or Atari frames (`ALE/Pong-v5`), and `module:EnvId` imports
+space and flat Box observations or Atari frames (`ALE/Pong-v5`), or a 1-D Box action space
+(a Gaussian policy; see docs/continuous.md) with flat Box observations, and `module:EnvId` imports
 `module` (which registers a custom env) first.
 """
 

@@ -26,7 +26,8 @@ from keras import ops
 
 from ga3c.config import AlgoConfig, Config, NetworkConfig
 from ga3c.errors import NonFiniteError
-from ga3c.network import build_network, relu_layers
+from ga3c.network import build_network, obs_normalization, relu_layers
+from ga3c.normalize import merge_batch
 from ga3c.optimizer import ClippedRMSprop
 from ga3c.returns import Transitions
 from ga3c.threads import UpdateGate
@@ -39,8 +40,24 @@ class LossTerms(NamedTuple):
     entropy: object
 
 
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def gaussian_log_prob(mean, log_std, actions):
+    """log N(actions; mean, diag(exp(log_std)^2)) per row, summed over the action dims:
+    sum_i -((a_i - mu_i) / sigma_i)^2 / 2 - log sigma_i - log(2 pi) / 2."""
+    mean, log_std = ops.cast(mean, "float32"), ops.cast(log_std, "float32")
+    z = (ops.cast(actions, "float32") - mean) * ops.exp(-log_std)
+    return ops.sum(-0.5 * ops.square(z) - log_std - 0.5 * LOG_2PI, axis=-1)
+
+
+def gaussian_entropy(log_std):
+    """Entropy of a diagonal Gaussian per row: sum_i log sigma_i + (1 + log(2 pi)) / 2."""
+    return ops.sum(ops.cast(log_std, "float32") + 0.5 * (1.0 + LOG_2PI), axis=-1)
+
+
 def a3c_loss(logits, values, actions, targets, value_coef: float, entropy_coef: float,
-             weights=None, normalize_advantages: bool = False) -> LossTerms:
+             weights=None, normalize_advantages: bool = False, log_std=None) -> LossTerms:
     """Actor-critic loss averaged over the batch.
 
     policy_loss = -mean(log pi(a|s) * stop_gradient(target - V(s)))
@@ -48,6 +65,9 @@ def a3c_loss(logits, values, actions, targets, value_coef: float, entropy_coef: 
     entropy     = mean(-sum_a pi(a|s) log pi(a|s))
     total       = policy_loss + value_coef * value_loss - entropy_coef * entropy
     Log-probabilities come from log_softmax of the logits, so no log(0) can occur.
+    With `log_std` given, the policy is a diagonal Gaussian: `logits` are its means, `actions`
+    the (unclipped) samples, and log pi and the entropy are `gaussian_log_prob` and
+    `gaussian_entropy`.
     `weights` (0 or 1 per row) leaves padding rows out of every mean (used under XLA, where
     batches are padded to a few fixed sizes). With `normalize_advantages` the policy term uses
     (A - mean A) / (std A + 1e-8) over the batch: a batch whose advantages are all biased one
@@ -64,21 +84,27 @@ def a3c_loss(logits, values, actions, targets, value_coef: float, entropy_coef: 
         def mean(x):
             return ops.sum(x * weights) / total_weight
 
-    log_probs = ops.log_softmax(logits, axis=-1)
-    actions = ops.cast(actions, "int32")
-    log_pi_a = ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(actions, -1), axis=-1), -1)
+    if log_std is None:
+        log_probs = ops.log_softmax(logits, axis=-1)
+        actions = ops.cast(actions, "int32")
+        log_pi_a = ops.squeeze(
+            ops.take_along_axis(log_probs, ops.expand_dims(actions, -1), axis=-1), -1)
+        entropies = -ops.sum(ops.exp(log_probs) * log_probs, axis=-1)
+    else:
+        log_pi_a = gaussian_log_prob(logits, log_std, actions)
+        entropies = gaussian_entropy(log_std)
     advantages = ops.stop_gradient(targets - values)
     if normalize_advantages:
         centred = advantages - mean(advantages)
         advantages = centred / (ops.sqrt(mean(ops.square(centred))) + 1e-8)
     policy_loss = -mean(log_pi_a * advantages)
     value_loss = mean(ops.square(targets - values))
-    entropy = mean(-ops.sum(ops.exp(log_probs) * log_probs, axis=-1))
+    entropy = mean(entropies)
     total = policy_loss + value_coef * value_loss - entropy_coef * entropy
     return LossTerms(total, policy_loss, value_loss, entropy)
 
 
-def batch_diagnostics(logits, values, targets, weights):
+def batch_diagnostics(logits, values, targets, weights, centre: bool = True):
     """Two numbers to watch while learning is slow, besides the score and the entropy:
 
     explained_variance = 1 - Var(target - V) / Var(target): how much of the targets' spread
@@ -86,7 +112,8 @@ def batch_diagnostics(logits, values, targets, weights):
     logit_spread = the std across the batch's states of each action's logit (centred per
         state), averaged over actions: ~0 while the policy ignores the state (the Pong run
         that did not learn sat there), growing as it comes to depend on the frames.
-    `weights` (0 or 1 per row) leave padding rows out, as in the loss.
+    `weights` (0 or 1 per row) leave padding rows out, as in the loss. A Gaussian policy
+    passes its means with `centre=False` (a mean is an action, not a logit up to a constant).
     """
     logits = ops.cast(logits, "float32")
     total = ops.maximum(ops.sum(weights), 1.0)
@@ -99,7 +126,7 @@ def batch_diagnostics(logits, values, targets, weights):
         return mean(ops.square(x - mean(x)))
 
     explained = 1.0 - var(targets - values) / ops.maximum(var(targets), 1e-8)
-    centred = logits - ops.mean(logits, axis=-1, keepdims=True)
+    centred = logits - ops.mean(logits, axis=-1, keepdims=True) if centre else logits
     spread = ops.mean(ops.sqrt(var(centred)))
     return explained, spread
 
@@ -150,21 +177,31 @@ class Learner:
         (`ga3c.envs.EnvSpec`): the service's, and the throughput benchmark's model ceilings."""
         return cls(env_spec.obs_shape, env_spec.obs_dtype, env_spec.num_actions,
                    config.network, config.algo, xla=config.run.xla,
-                   mixed_precision=config.run.mixed_precision)
+                   mixed_precision=config.run.mixed_precision,
+                   continuous=env_spec.continuous, normalize_obs=config.env.normalize_obs)
 
     def __init__(self, obs_shape, obs_dtype, num_actions: int, network: NetworkConfig,
-                 algo: AlgoConfig, xla: bool = False, mixed_precision: bool = False) -> None:
+                 algo: AlgoConfig, xla: bool = False, mixed_precision: bool = False,
+                 continuous: bool = False, normalize_obs: bool = False) -> None:
+        """`continuous`: a Box action space of `num_actions` dimensions (Gaussian policy;
+        predict returns its means then log-stds per row, `ga3c.distributions.GaussianHead`).
+        `normalize_obs`: the network normalises observations by running statistics, which
+        every `train` call updates from its batch's states first."""
         self.obs_shape = tuple(obs_shape)
         self.obs_dtype = np.dtype(obs_dtype)
         self.num_actions = num_actions
+        self.continuous = continuous
         self.algo = algo
         self.xla = xla
         policy = keras.config.dtype_policy()
         keras.config.set_dtype_policy("mixed_bfloat16" if mixed_precision else "float32")
         try:
-            self.model = build_network(self.obs_shape, self.obs_dtype.name, num_actions, network)
+            self.model = build_network(self.obs_shape, self.obs_dtype.name, num_actions, network,
+                                       continuous, normalize_obs)
         finally:
             keras.config.set_dtype_policy(policy)
+        self.obs_norm = obs_normalization(self.model)
+        self._obs_norm_lock = threading.Lock()
         self.optimizer = ClippedRMSprop(
             learning_rate=algo.learning_rate, rho=algo.rho, epsilon=algo.epsilon,
             update_clip=algo.update_clip)
@@ -192,7 +229,8 @@ class Learner:
                                     jit_compile=xla)
         self._train = tf.function(self._train_impl, jit_compile=xla, input_signature=[
             obs_spec,  # states
-            tf.TensorSpec([None], tf.int32),  # actions
+            (tf.TensorSpec([None, num_actions], tf.float32) if continuous  # actions
+             else tf.TensorSpec([None], tf.int32)),
             tf.TensorSpec([None], tf.float32),  # rewards (n-step sums)
             obs_spec,  # distinct next states
             tf.TensorSpec([None], tf.int32),  # row -> its next state
@@ -208,7 +246,14 @@ class Learner:
     # -- compiled functions ---------------------------------------------------------------
     def _predict_impl(self, states):
         out = self.model(states, training=False)
-        return tf.cast(out["logits"], tf.float32), tf.cast(out["value"], tf.float32)
+        return self._policy_params(out), tf.cast(out["value"], tf.float32)
+
+    def _policy_params(self, out):
+        """The policy's output per row: the logits, or a Gaussian's means then log-stds."""
+        if self.continuous:
+            return tf.concat([tf.cast(out["mean"], tf.float32),
+                              tf.cast(out["log_std"], tf.float32)], axis=-1)
+        return tf.cast(out["logits"], tf.float32)
 
     def _train_impl(self, states, actions, rewards, next_states, next_index, nsteps, masks,
                     weights):
@@ -222,9 +267,11 @@ class Learner:
         targets = rewards + discounts * next_values * masks
         with tf.GradientTape() as tape:
             out = self._probe_model(states, training=True)
-            terms = a3c_loss(out["logits"], tf.cast(out["value"], tf.float32), actions, targets,
+            policy = out["mean"] if self.continuous else out["logits"]
+            terms = a3c_loss(policy, tf.cast(out["value"], tf.float32), actions, targets,
                              algo.value_coef, algo.entropy_coef, weights,
-                             algo.normalize_advantages)
+                             algo.normalize_advantages,
+                             log_std=out["log_std"] if self.continuous else None)
         variables = self.model.trainable_variables
         grads = tape.gradient(terms.total, variables)
         if algo.clip_norm > 0:
@@ -234,7 +281,8 @@ class Learner:
         with self.optimizer.recording() as steps:
             self.optimizer.apply(grads, variables)
         values = tf.cast(out["value"], tf.float32)
-        explained, spread = batch_diagnostics(out["logits"], values, targets, weights)
+        explained, spread = batch_diagnostics(policy, values, targets, weights,
+                                              centre=not self.continuous)
         return (tf.stack([terms.total, terms.policy_loss, terms.value_loss, terms.entropy,
                           grad_norm, explained, spread]),
                 self._probes(out, steps, variables, tf.abs(targets - values) * weights, weights))
@@ -294,6 +342,8 @@ class Learner:
         """One optimizer step; raises NonFiniteError if a loss term or the gradient norm is
         NaN or infinite (the step is applied by then: the weights must not be saved)."""
         n = len(batch)
+        if self.obs_norm is not None:
+            self.update_obs_stats(batch.states)
         rows = (batch.states, batch.actions, batch.rewards, batch.next_index, batch.nsteps,
                 batch.masks, np.ones(n, np.float32))
         next_states = batch.next_states
@@ -314,6 +364,19 @@ class Learner:
                 self._diverged(f"non-finite {', '.join(name for name, _ in bad)} at update "
                                f"{update:,} ({' '.join(f'{k}={v}' for k, v in bad)})")
         return TrainMetrics(*values, probes=dict(zip(self.probe_names, probes.numpy().tolist())))
+
+    def update_obs_stats(self, states: np.ndarray) -> None:
+        """Merge `states` into the network's observation statistics (`ObsNormalization`),
+        one trainer at a time; a no-op without normalisation."""
+        norm = self.obs_norm
+        if norm is None or len(states) == 0:
+            return
+        with self._obs_norm_lock:
+            mean, var, count = merge_batch(norm.mean.numpy(), norm.var.numpy(),
+                                           float(norm.count.numpy()), states)
+            norm.mean.assign(mean)
+            norm.var.assign(var)
+            norm.count.assign(count)
 
     def weight_norms(self) -> dict[str, float]:
         """||weights|| per layer now (kernel and bias together), by layer name."""

@@ -1,22 +1,89 @@
-"""Keras 3 actor-critic networks: observation -> (policy logits, value)."""
+"""Keras 3 actor-critic networks: observation -> (policy, value).
+
+The policy is `logits` for a Discrete action space, or `mean` and `log_std` of a diagonal
+Gaussian for a Box (`continuous=True`): the log-std is one state-independent parameter
+vector (`LogStd`), broadcast over the batch, as in SB3 and CleanRL.
+"""
 
 from __future__ import annotations
 
 import math
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from ga3c.config import NetworkConfig
+from ga3c.normalize import CLIP, EPSILON
+
+
+@keras.saving.register_keras_serializable(package="ga3c")
+class LogStd(keras.layers.Layer):
+    """A trainable log-std vector (one per action dimension), repeated for each row of its
+    input (the policy means)."""
+
+    def __init__(self, units: int, initial: float = 0.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.units, self.initial = int(units), float(initial)
+
+    def build(self, input_shape) -> None:
+        self.log_std = self.add_weight(
+            name="log_std", shape=(self.units,),
+            initializer=keras.initializers.Constant(self.initial), trainable=True)
+
+    def call(self, mean):
+        return ops.zeros_like(mean) + ops.cast(self.log_std, mean.dtype)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "units": self.units, "initial": self.initial}
+
+
+@keras.saving.register_keras_serializable(package="ga3c")
+class ObsNormalization(keras.layers.Layer):
+    """(obs - mean) / sqrt(var + 1e-8), clipped to +-10 (SB3's VecNormalize), with the
+    running mean, var and count as non-trainable float64 variables of the model: saved in
+    checkpoints and policy.keras, so training, ga3c-eval and ga3c.load_policy normalise
+    alike and a resume continues the statistics. The learner updates them from each training
+    batch (`ga3c.normalize.merge_batch`); until the first update it passes observations
+    through unchanged (mean 0, var 1)."""
+
+    def build(self, input_shape) -> None:
+        shape = tuple(input_shape[1:])
+        self.mean = self.add_weight(name="mean", shape=shape, dtype="float64",
+                                    initializer="zeros", trainable=False)
+        self.var = self.add_weight(name="var", shape=shape, dtype="float64",
+                                   initializer="ones", trainable=False)
+        self.count = self.add_weight(name="count", shape=(), dtype="float64",
+                                     initializer="zeros", trainable=False)
+
+    def call(self, obs):
+        mean = ops.cast(self.mean, "float32")
+        std = ops.sqrt(ops.cast(self.var, "float32") + EPSILON)
+        return ops.clip((ops.cast(obs, "float32") - mean) / std, -CLIP, CLIP)
+
+
+def obs_normalization(model: keras.Model) -> ObsNormalization | None:
+    """The model's observation-normalisation layer, or None."""
+    return next((layer for layer in model.layers if isinstance(layer, ObsNormalization)), None)
+
+
+def is_continuous(model: keras.Model) -> bool:
+    """Does the model output a Gaussian policy (`mean`, `log_std`) rather than logits?"""
+    return "mean" in model.output
 
 
 def build_network(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
-                  config: NetworkConfig) -> keras.Model:
+                  config: NetworkConfig, continuous: bool = False,
+                  normalize_obs: bool = False) -> keras.Model:
     """The actor-critic network for these observations: an MLP for flat vectors, a CNN
-    (`config.cnn`) for stacked frames shaped (height, width, stack)."""
+    (`config.cnn`) for stacked frames shaped (height, width, stack). `num_actions` is the
+    number of actions (Discrete) or the action dimension (`continuous`, a Box);
+    `normalize_obs` (vector observations only) puts `ObsNormalization` first."""
     if len(obs_shape) == 3:
+        if continuous or normalize_obs:
+            raise ValueError("the CNN takes frames with a Discrete action space and no "
+                             "observation normalisation")
         return build_cnn(obs_shape, obs_dtype, num_actions, config.cnn, config.init)
-    return build_mlp(obs_shape, obs_dtype, num_actions, config)
+    return build_mlp(obs_shape, obs_dtype, num_actions, config, continuous, normalize_obs)
 
 
 INITS = ("orthogonal", "glorot")
@@ -39,14 +106,21 @@ def _kernel_init(init: str, gain: float):
     return keras.initializers.Orthogonal(gain)
 
 
-def _heads(features, num_actions: int, init: str):
+def _heads(features, num_actions: int, init: str, continuous: bool = False,
+           log_std_init: float = 0.0):
     # Heads in float32 even under a mixed-precision policy: logits feed a log-softmax.
-    # The policy head always starts near uniform (orthogonal, gain 0.01).
-    logits = layers.Dense(num_actions, name="logits", dtype="float32",
-                          kernel_initializer=keras.initializers.Orthogonal(0.01))(features[0])
+    # The policy head always starts near uniform (orthogonal, gain 0.01); a Gaussian's
+    # means near 0, its std at exp(log_std_init).
     value = layers.Dense(1, name="value_head", dtype="float32",
                          kernel_initializer=_kernel_init(init, 1.0))(features[1])
     value = layers.Reshape((), name="value", dtype="float32")(value)
+    if continuous:
+        mean = layers.Dense(num_actions, name="mean", dtype="float32",
+                            kernel_initializer=keras.initializers.Orthogonal(0.01))(features[0])
+        log_std = LogStd(num_actions, log_std_init, name="log_std", dtype="float32")(mean)
+        return {"mean": mean, "log_std": log_std, "value": value}
+    logits = layers.Dense(num_actions, name="logits", dtype="float32",
+                          kernel_initializer=keras.initializers.Orthogonal(0.01))(features[0])
     return {"logits": logits, "value": value}
 
 
@@ -80,7 +154,8 @@ def build_cnn(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
 
 
 def build_mlp(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
-              config: NetworkConfig) -> keras.Model:
+              config: NetworkConfig, continuous: bool = False,
+              normalize_obs: bool = False) -> keras.Model:
     """MLP actor-critic for vector observations.
 
     Outputs `logits` of shape (batch, num_actions) and `value` of shape (batch,).
@@ -90,7 +165,8 @@ def build_mlp(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
     if len(obs_shape) != 1:
         raise ValueError(f"the MLP network needs flat observations, got shape {obs_shape}")
     inputs = keras.Input(shape=obs_shape, dtype=obs_dtype, name="obs")
-    x = layers.Activation("linear", name="to_float")(inputs)  # cast to the compute dtype
+    x = ObsNormalization(name="obs_norm", dtype="float32")(inputs) if normalize_obs else inputs
+    x = layers.Activation("linear", name="to_float")(x)  # cast to the compute dtype
 
     def tower(prefix: str):
         h = x
@@ -101,5 +177,5 @@ def build_mlp(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
 
     pi_features = tower("pi" if config.separate_towers else "trunk")
     v_features = tower("v") if config.separate_towers else pi_features
-    return keras.Model(inputs, _heads((pi_features, v_features), num_actions, config.init),
-                       name="ga3c_mlp")
+    return keras.Model(inputs, _heads((pi_features, v_features), num_actions, config.init,
+                                      continuous, config.log_std_init), name="ga3c_mlp")

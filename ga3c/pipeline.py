@@ -63,7 +63,7 @@ class Pipeline:
                      self._seed + i * per_agent, config.algo.n_step, config.algo.gamma,
                      self.predictors, self.trainers.queue, self._stats, self._stop,
                      self._failure, clip_rewards=env.clip_rewards,
-                     episodic_life=env.episodic_life)
+                     episodic_life=env.episodic_life, normalize_reward=env.normalize_reward)
 
     def start(self) -> None:
         """Consumers before producers: predictors, trainers, then agents."""

@@ -32,7 +32,7 @@ class Transitions(NamedTuple):
     trainer, once: for Atari frames that is ~1/n_step of the rows."""
 
     states: np.ndarray
-    actions: np.ndarray  # int32
+    actions: np.ndarray  # int32 (Discrete), or float32 rows (Box: the unclipped samples)
     rewards: np.ndarray  # float32: discounted n-step reward sum R
     next_states: np.ndarray  # the distinct bootstrap states s_n
     next_index: np.ndarray  # int32: row -> its s_n in next_states
@@ -79,10 +79,11 @@ class NStepBuilder:
     had been stepped alone.
     """
 
-    def __init__(self, num_envs: int, n_step: int, gamma: float, obs_shape, obs_dtype) -> None:
+    def __init__(self, num_envs: int, n_step: int, gamma: float, obs_shape, obs_dtype,
+                 action_shape=(), action_dtype=np.int32) -> None:
         self.num_envs, self.n_step, self.gamma = num_envs, n_step, float(gamma)
         self._obs = np.zeros((n_step + 1, num_envs, *obs_shape), dtype=obs_dtype)
-        self._actions = np.zeros((n_step, num_envs), dtype=np.int32)
+        self._actions = np.zeros((n_step, num_envs, *action_shape), dtype=action_dtype)
         self._rewards = np.zeros((n_step, num_envs), dtype=np.float32)
         self._terminal = np.zeros((n_step, num_envs), dtype=bool)  # mask 0 here
         self._cut = np.zeros((n_step, num_envs), dtype=bool)  # the return stops here
