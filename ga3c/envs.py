@@ -175,7 +175,8 @@ def frames_last_space(space: gym.spaces.Box) -> gym.spaces.Box:
 
 def with_frames_last(vec: gym.vector.VectorEnv) -> gym.vector.VectorEnv:
     """`vec` with stacked-frame observations moved to (height, width, stack); others as is."""
-    if len(vec.single_observation_space.shape) != 3:
+    shape = vec.single_observation_space.shape  # None for Dict and Tuple spaces
+    if shape is None or len(shape) != 3:
         return vec
     return TransformObservation(vec, frames_last, frames_last_space(vec.observation_space),
                                 frames_last_space(vec.single_observation_space))

@@ -102,7 +102,7 @@ def train_cli(*args) -> CliRun:
     (["--resume=maybe"], ["resume"]),
     (["stray_positional"], ["stray_positional"]),
     (["--env=NoSuchEnv-v0"], ["NoSuchEnv-v0"]),
-    (["--env=Pendulum-v1"], ["Pendulum-v1", "Discrete"]),
+    (["--env=tests.target_env:MultiDiscreteTarget-v0"], ["MultiDiscreteTarget-v0", "Discrete"]),
     (["--env=no_such_module:Thing-v0"], ["no_such_module"]),
     (["--env=:Thing-v0"], [":Thing-v0"]),
     (["--env=ALE/NoSuchGame-v5"], ["NoSuchGame"]),
