@@ -203,7 +203,7 @@ def _play_recorded(env_id: str, env_config, episodes: int, seed: int, video_dir:
             while not done:
                 action = act(obs[None])[0]
                 obs, reward, terminated, truncated, _ = env.step(
-                    action if played.head.continuous else int(action))
+                    int(action) if np.ndim(action) == 0 else action)  # a Box's: a vector
                 total += float(reward)
                 length += 1
                 quiet = 0 if reward != 0 else quiet + 1
