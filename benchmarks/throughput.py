@@ -72,6 +72,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from ga3c import hardware  # noqa: E402
 from ga3c.cli import import_tensorflow_quietly, parse_config  # noqa: E402
 from ga3c.errors import UserError  # noqa: E402
 from ga3c.config import Config  # noqa: E402
@@ -568,6 +569,7 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
         print(f"throughput.py: error: --tf_threads={tf_threads}: {exc}", file=sys.stderr)
         return 2
     from ga3c.envs import EnvError, inspect_env
+    from ga3c.learner import mixed_precision_decision
 
     try:
         env_spec = inspect_env(configs[0][2].env.env_id, configs[0][2].env)
@@ -579,6 +581,10 @@ def main(argv: list[str], pace: Pace = Pace()) -> int:
     print(f"{configs[0][2].env.env_id}: {len(configs)} configuration(s), warm-up "
           f"{args.warmup:g} s, window {args.seconds:g} s; ratio = pipeline / ceiling measured "
           "in this run", flush=True)
+    cpu = hardware.describe()
+    print(f"cpu: {cpu['model']}, {cpu['cores']} cores, bf16 flags: "
+          f"{', '.join(cpu['bf16_flags']) or 'none'} (--mixed_precision=auto: "
+          f"{mixed_precision_decision('auto')[1]})", flush=True)
     records = []
     with contextlib.ExitStack() as stack:
         if runners:  # one Ray for every configuration, shut down (if it started it) at the end

@@ -152,8 +152,11 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("tf_threads", r.tf_threads,
                          "TensorFlow intra-op threads (0: TensorFlow decides).", flag_values=fv)
     flags.DEFINE_bool("xla", r.xla, "Compile predict and train steps with XLA.", flag_values=fv)
-    flags.DEFINE_bool("mixed_precision", r.mixed_precision,
-                      "bfloat16 compute with float32 variables (for recent GPUs).", flag_values=fv)
+    flags.DEFINE_string("mixed_precision", r.mixed_precision,
+                        "bfloat16 compute with float32 variables, heads, loss and optimizer "
+                        "state: auto (on where the CPU has avx512_bf16 or amx_bf16, or the GPU "
+                        "bfloat16 tensor cores; the start-up line says which and why), on, off "
+                        "(true/false also).", flag_values=fv)
 
 
 def parse_flags(define, argv: list[str], prog: str) -> flags.FlagValues:
@@ -318,10 +321,12 @@ def train(argv: list[str]) -> int:
     if not gpus and shutil.which("nvidia-smi"):
         print("note: nvidia-smi is here but TensorFlow sees no GPU; set GA3C_TF_VERBOSE=1 "
               "to see TensorFlow's start-up messages", flush=True)
+    from ga3c.learner import mixed_precision_decision
+
+    mixed, why = mixed_precision_decision(config.run.mixed_precision)
     print(f"device: {', '.join(d.name for d in gpus) if gpus else 'CPU (no GPU found)'}; "
           f"TensorFlow {tf.__version__}; XLA {'on' if config.run.xla else 'off'}; "
-          f"mixed precision {'on (bfloat16)' if config.run.mixed_precision else 'off'}",
-          flush=True)
+          f"mixed precision {'on (bfloat16)' if mixed else 'off'} ({why})", flush=True)
     import ga3c
 
     return report(ga3c.train(config, env_spec=env_spec, hand_over=signals.hand_over))

@@ -156,9 +156,21 @@ class RunConfig:
     # updates of 2.60M agent steps); CartPole makes ~70-90 updates/s.
     log_updates: bool = False
     tf_threads: int = 0  # TensorFlow intra-op threads; 0 lets TensorFlow decide
-    # Device options, off by default (on CPU they cost more than they give).
     xla: bool = False  # compile predict and train with XLA (batches padded to powers of two)
-    mixed_precision: bool = False  # bfloat16 compute, float32 variables
+    # bfloat16 compute with float32 variables, heads, loss and optimizer state: "on", "off",
+    # or "auto" (on where the CPU or GPU multiplies bfloat16 natively: ga3c.hardware).
+    # true/false/1/0/yes/no (and a bool, as an old config.json holds) mean on/off.
+    mixed_precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        value = self.mixed_precision
+        if isinstance(value, str):
+            value = value.strip().lower()
+        on = {True: "on", "true": "on", "1": "on", "yes": "on",
+              False: "off", "false": "off", "0": "off", "no": "off"}
+        if not isinstance(value, str) or value in on:
+            value = on.get(value, value)
+        object.__setattr__(self, "mixed_precision", value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +260,8 @@ class Config:
         check(finite(r.log_every_seconds) and r.log_every_seconds > 0, "log_every_seconds",
               r.log_every_seconds, "> 0")
         check(r.tf_threads >= 0, "tf_threads", r.tf_threads, ">= 0 (0: TensorFlow decides)")
+        check(r.mixed_precision in ("auto", "on", "off"), "mixed_precision", r.mixed_precision,
+              "auto, on or off (or true/false)")
         return problems
 
     def learning_rate_at(self, env_steps: int, seconds: float) -> float:

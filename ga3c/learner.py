@@ -26,6 +26,7 @@ from keras import ops
 
 from ga3c.config import AlgoConfig, Config, NetworkConfig
 from ga3c.errors import NonFiniteError
+from ga3c.hardware import cpu_info, decide_mixed_precision
 from ga3c.network import build_network, obs_normalization, relu_layers
 from ga3c.normalize import merge_batch
 from ga3c.optimizer import ClippedRMSprop
@@ -162,6 +163,16 @@ def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def mixed_precision_decision(setting: str) -> tuple[bool, str]:
+    """`--mixed_precision` (auto, on, off) on this machine: whether to compute in bfloat16,
+    and why (`ga3c.hardware.decide_mixed_precision`, with the GPUs TensorFlow sees)."""
+    capabilities = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        capabilities.append(tuple(details.get("compute_capability") or (0, 0)))
+    return decide_mixed_precision(setting, cpu_info()["flags"], capabilities)
+
+
 class Learner:
     """Owns the shared Keras model, its RMSProp optimizer and the model version counter.
 
@@ -175,10 +186,12 @@ class Learner:
     def for_run(cls, config: Config, env_spec) -> "Learner":
         """The learner a run of `config` uses on envs described by `env_spec`
         (`ga3c.envs.EnvSpec`): the service's, and the throughput benchmark's model ceilings."""
-        return cls(env_spec.obs_shape, env_spec.obs_dtype, env_spec.num_actions,
-                   config.network, config.algo, xla=config.run.xla,
-                   mixed_precision=config.run.mixed_precision,
-                   continuous=env_spec.continuous, normalize_obs=config.env.normalize_obs)
+        mixed, why = mixed_precision_decision(config.run.mixed_precision)
+        learner = cls(env_spec.obs_shape, env_spec.obs_dtype, env_spec.num_actions,
+                      config.network, config.algo, xla=config.run.xla, mixed_precision=mixed,
+                      continuous=env_spec.continuous, normalize_obs=config.env.normalize_obs)
+        learner.precision_reason = why
+        return learner
 
     def __init__(self, obs_shape, obs_dtype, num_actions: int, network: NetworkConfig,
                  algo: AlgoConfig, xla: bool = False, mixed_precision: bool = False,
@@ -193,6 +206,8 @@ class Learner:
         self.continuous = continuous
         self.algo = algo
         self.xla = xla
+        self.mixed_precision = mixed_precision
+        self.precision_reason = f"mixed_precision={mixed_precision}"
         policy = keras.config.dtype_policy()
         keras.config.set_dtype_policy("mixed_bfloat16" if mixed_precision else "float32")
         try:

@@ -27,7 +27,6 @@ import threading
 import time
 
 import keras
-import tensorflow as tf
 
 from ga3c.autotune import Autotuner
 from ga3c.checkpoints import Checkpointer
@@ -39,6 +38,7 @@ from ga3c.learner import Learner
 from ga3c.pipeline import JOIN_SECONDS, Pipeline
 from ga3c.rundir import RunDir, keep_aside
 from ga3c.stats import Stats, Window, collapse_warning, read_recent_returns
+from ga3c.summaries import ScalarWriter
 from ga3c.threads import POLL_SECONDS, Failure, log
 
 
@@ -181,7 +181,7 @@ class Service:
         if r:
             log(f"resumed from {self.checkpointer.latest}: {r['env_steps']:,} env steps, "
                 f"{r['episodes']:,} episodes, {r['updates']:,} updates")
-        self._writer = tf.summary.create_file_writer(run_dir.tensorboard)
+        self._writer = ScalarWriter(run_dir.tensorboard)
         self._started = True
         p = cfg.pipeline
         envs = (f"{p.num_runners} Ray runners" if p.runner == "ray" else f"{p.num_agents} agents")
@@ -363,9 +363,7 @@ class Service:
         if self.config.pipeline.runner == "ray":  # so far in this process: a step up per death
             scalars["runners/dropped_transitions"] = w.total_dropped_transitions
         try:  # the writer flushes as it goes: a full disk fails here as in a checkpoint
-            with writer.as_default(step=w.total_env_steps):
-                for k, v in scalars.items():
-                    tf.summary.scalar(k, v)
-        except Exception as exc:  # noqa: BLE001 - tf.errors.ResourceExhaustedError, OSError...
+            writer.write(w.total_env_steps, scalars)
+        except Exception as exc:  # noqa: BLE001 - OSError, tf.errors.* (TensorBoard's gfile)
             raise LogWriteError(f"cannot write {self.run_dir.tensorboard}: "
                                 f"{write_error_reason(exc)}") from exc

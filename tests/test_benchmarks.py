@@ -257,3 +257,26 @@ def test_learning_table_over_seeds_median_worst_and_hold(tmp_path):
     assert out[1] == "  s0: at 400 agent steps (1 min), lowest after: 12.50, FELL below 14"
     assert out[2] == "  s1: at 500 agent steps (1 min), lowest after: 20.00, stayed >= 14"
     assert out[3] == "  s2: not reached in 400 agent steps"
+
+
+def test_precision_counts_the_nature_cnn_by_hand_and_runs(tmp_path, capsys):
+    """benchmarks/precision.py: the Nature CNN's multiply-adds per row, counted by hand
+    (conv 8x8/4 -> 20x20x32, 4x4/2 -> 9x9x64, 3x3/1 -> 7x7x64, fc 3136 -> 512, heads 6 + 1),
+    and a one-round run on CartPole that prints both precisions and writes its JSON."""
+    import precision
+
+    from ga3c.config import NetworkConfig
+    from ga3c.network import build_network
+
+    pytest.importorskip("tensorflow")
+    model = build_network((84, 84, 4), "uint8", 6, NetworkConfig(cnn="nature"))
+    by_hand = (20 * 20 * 32 * 8 * 8 * 4 + 9 * 9 * 64 * 4 * 4 * 32 + 7 * 7 * 64 * 3 * 3 * 64
+               + 3136 * 512 + 512 * 6 + 512)
+    assert precision.multiply_adds(model) == by_hand == 9_346_560
+    assert precision.train_flops(model, 80, 16) == 2 * by_hand * (3 * 80 + 16)
+    out = tmp_path / "p.json"
+    assert precision.main([*TINY, "--rounds=1", "--calls=2", f"--json={out}"]) == 0
+    record = json.loads(out.read_text())
+    assert set(record["parts"]) == {"predict@16", "next_values@16", "train@80"}
+    assert all(p["float32_ms"] > 0 and p["bfloat16_ms"] > 0 for p in record["parts"].values())
+    assert "bf16 flags:" in capsys.readouterr().out

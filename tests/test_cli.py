@@ -436,8 +436,9 @@ def test_xla_and_mixed_precision_flags_reach_the_model_that_trains(tmp_path):
     with: XLA-compiled steps, bfloat16 compute over float32 variables, updates made, and a
     finite checkpoint (the learner's own tests check what each option computes)."""
     proc = train_cli(*TINY, f"--logdir={tmp_path}/xla", "--max_env_steps=2000", "--xla",
-                     "--mixed_precision")
+                     "--mixed_precision=on")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mixed precision on (bfloat16) (--mixed_precision=on)" in proc.stdout
     learner = proc.service.learner
     assert learner.xla and learner.version > 0
     assert any("bfloat16" in str(layer.compute_dtype) for layer in learner.model.layers)
