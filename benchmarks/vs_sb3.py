@@ -17,9 +17,11 @@ Both sides report per seed: the agent steps and wall seconds at which the mean o
 at the end, and the run's steps/s; then the median and the worst seed. `--json` writes the
 records.
 
-The SB3 settings are rl-baselines3-zoo's hyperparams/ppo.yml and a2c.yml entries as this
-script's author recalled them (no network access to check them when it was written): check
-them against the zoo before quoting a comparison.
+The SB3 settings are rl-baselines3-zoo's hyperparams/ppo.yml (checked against the zoo's file at
+commit 00128b5) and a2c.yml (at 02846e4, whose Pendulum entry is written for Pendulum-v0 and
+is used for v1 unchanged; its MuJoCo A2C runs are the zoo's defaults: VecNormalize, 1M
+steps). "lin_X" is the zoo's linear schedule from X to 0. The venv takes torch 2.13.0, the
+CPU build this machine keeps on disk (plain `torch` would fetch a CUDA build of several GB).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_VENV = os.path.join(REPO, "benchmarks", ".venv-sb3")
-SB3_PACKAGES = ["stable-baselines3>=2.3", "gymnasium>=1.1", "mujoco>=3", "packaging"]
+SB3_PACKAGES = ["torch==2.13.0", "stable-baselines3>=2.3", "gymnasium>=1.1", "mujoco>=3",
+                "packaging"]
 
 # rl-baselines3-zoo settings (see the module docstring). "normalize": VecNormalize(obs, reward).
 ZOO = {
@@ -48,8 +51,8 @@ ZOO = {
     ("a2c", "Pendulum-v1"): dict(
         n_envs=8, n_timesteps=1_000_000, normalize=True,
         kwargs=dict(ent_coef=0.0, max_grad_norm=0.5, n_steps=8, gae_lambda=0.9, vf_coef=0.4,
-                    gamma=0.9, use_rms_prop=True, normalize_advantage=False,
-                    learning_rate=7e-4, use_sde=True,
+                    gamma=0.99, use_rms_prop=True, normalize_advantage=False,
+                    learning_rate="lin_7e-4", use_sde=True,
                     policy_kwargs=dict(log_std_init=-2, ortho_init=False))),
     # rl-zoo's MuJoCo defaults for A2C: VecNormalize, 1M steps, SB3's default A2C otherwise.
     ("a2c", "HalfCheetah-v5"): dict(n_envs=1, n_timesteps=1_000_000, normalize=True, kwargs={}),
@@ -57,7 +60,9 @@ ZOO = {
         n_envs=1, n_timesteps=1_000_000, normalize=True,
         kwargs=dict(batch_size=64, n_steps=512, gamma=0.98, learning_rate=2.0633e-05,
                     ent_coef=0.000401762, clip_range=0.1, n_epochs=20, gae_lambda=0.92,
-                    max_grad_norm=0.8, vf_coef=0.58096)),
+                    max_grad_norm=0.8, vf_coef=0.58096,
+                    policy_kwargs=dict(log_std_init=-2, ortho_init=False, activation_fn="relu",
+                                       net_arch=dict(pi=[256, 256], vf=[256, 256])))),
 }
 
 
@@ -106,6 +111,22 @@ def ensure_venv(venv: str) -> str:
     return python
 
 
+def resolve(kwargs: dict) -> dict:
+    """The zoo's strings as SB3 takes them: "lin_X" -> a schedule from X to 0 (SB3 passes the
+    progress remaining, 1 -> 0), activation_fn "relu" -> torch.nn.ReLU."""
+    out = dict(kwargs)
+    for key, value in kwargs.items():
+        if isinstance(value, str) and value.startswith("lin_"):
+            start = float(value[4:])
+            out[key] = lambda progress, start=start: progress * start
+    if "activation_fn" in out.get("policy_kwargs", {}):
+        import torch.nn
+
+        out["policy_kwargs"] = dict(out["policy_kwargs"], activation_fn={
+            "relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}[out["policy_kwargs"]["activation_fn"]])
+    return out
+
+
 def worker(algo: str, env_id: str, seed: int, steps: int, out: str) -> None:
     """Inside the SB3 venv: train, and write (steps, seconds, return) per episode to `out`."""
     import stable_baselines3 as sb3
@@ -128,7 +149,7 @@ def worker(algo: str, env_id: str, seed: int, steps: int, out: str) -> None:
             return True
 
     model = getattr(sb3, algo.upper())("MlpPolicy", env, seed=seed, device="cpu",
-                                       **zoo["kwargs"])
+                                       **resolve(zoo["kwargs"]))
     model.learn(steps or zoo["n_timesteps"], callback=Episodes())
     with open(out, "w") as f:
         json.dump(rows, f)

@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.test_cli import REPO, cli_env
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import vs_sb3  # noqa: E402
 from vs_sb3 import solve_point, summarise  # noqa: E402
 
 
@@ -39,3 +42,11 @@ def test_the_ga3c_side_runs_a_config_per_seed(tmp_path):
     # Target's returns are in [-10, 0]: the first full window of 100 episodes reaches -100
     assert all(r["reached"] and r["episodes"] >= 100 for r in records)
     assert "2/2 seeds reached -100" in proc.stdout
+
+
+def test_zoo_schedules_resolve_to_a_linear_decay():
+    """"lin_7e-4" is the zoo's linear schedule: SB3 calls it with the progress remaining."""
+    kwargs = vs_sb3.resolve({"learning_rate": "lin_7e-4", "gamma": 0.99})
+    assert kwargs["gamma"] == 0.99
+    assert kwargs["learning_rate"](1.0) == pytest.approx(7e-4)
+    assert kwargs["learning_rate"](0.25) == pytest.approx(1.75e-4)
