@@ -29,6 +29,7 @@ def test_scalars_read_back_as_tensorboard_reads_them(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the point
 def test_a_failed_write_raises_at_a_later_call(tmp_path, monkeypatch):
     """The writer thread's error (a full disk) comes back from write/flush/close."""
     writer = ScalarWriter(str(tmp_path / "tb"))
