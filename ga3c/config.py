@@ -168,7 +168,7 @@ class RunConfig:
             value = value.strip().lower()
         on = {True: "on", "true": "on", "1": "on", "yes": "on",
               False: "off", "false": "off", "0": "off", "no": "off"}
-        if not isinstance(value, str) or value in on:
+        if isinstance(value, (str, bool)):  # anything else is left for validate() to name
             value = on.get(value, value)
         object.__setattr__(self, "mixed_precision", value)
 

@@ -186,12 +186,10 @@ class Learner:
     def for_run(cls, config: Config, env_spec) -> "Learner":
         """The learner a run of `config` uses on envs described by `env_spec`
         (`ga3c.envs.EnvSpec`): the service's, and the throughput benchmark's model ceilings."""
-        mixed, why = mixed_precision_decision(config.run.mixed_precision)
-        learner = cls(env_spec.obs_shape, env_spec.obs_dtype, env_spec.num_actions,
-                      config.network, config.algo, xla=config.run.xla, mixed_precision=mixed,
-                      continuous=env_spec.continuous, normalize_obs=config.env.normalize_obs)
-        learner.precision_reason = why
-        return learner
+        mixed, _ = mixed_precision_decision(config.run.mixed_precision)
+        return cls(env_spec.obs_shape, env_spec.obs_dtype, env_spec.num_actions,
+                   config.network, config.algo, xla=config.run.xla, mixed_precision=mixed,
+                   continuous=env_spec.continuous, normalize_obs=config.env.normalize_obs)
 
     def __init__(self, obs_shape, obs_dtype, num_actions: int, network: NetworkConfig,
                  algo: AlgoConfig, xla: bool = False, mixed_precision: bool = False,
@@ -207,7 +205,6 @@ class Learner:
         self.algo = algo
         self.xla = xla
         self.mixed_precision = mixed_precision
-        self.precision_reason = f"mixed_precision={mixed_precision}"
         policy = keras.config.dtype_policy()
         keras.config.set_dtype_policy("mixed_bfloat16" if mixed_precision else "float32")
         try:
