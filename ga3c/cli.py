@@ -86,6 +86,9 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_float("update_clip", a.update_clip,
                        "Bound on each weight tensor's RMSProp step: RMS at most this many "
                        "learning rates (Adafactor's update clipping; 0: off).", flag_values=fv)
+    flags.DEFINE_float("bound_coef", a.bound_coef,
+                       "Box actions: weight of a penalty on policy means beyond the action "
+                       "bounds (squared distance outside them; 0: off).", flag_values=fv)
     flags.DEFINE_float("entropy_coef", a.entropy_coef, "Entropy bonus weight.", flag_values=fv)
     flags.DEFINE_float("value_coef", a.value_coef, "Value loss weight.", flag_values=fv)
     flags.DEFINE_float("clip_norm", a.clip_norm, "Global gradient-norm clip (0: off).",

@@ -102,6 +102,12 @@ class AlgoConfig:
     # Standardise advantages over each training batch: without it, CartPole at this learning
     # rate collapsed to a one-action policy in 2-4 of 10 seeds; with it, 10 of 10 solved.
     normalize_advantages: bool = True
+    # Box actions: weight of a penalty on policy means beyond the action space's bounds,
+    # mean over the batch of sum_i relu(mu_i - high_i)^2 + relu(low_i - mu_i)^2 (rl_games'
+    # "bounds loss"). The env sees samples clipped to the bounds, so a mean far outside them
+    # gets every sample clipped to the same action, advantages that no longer depend on the
+    # sample, and nothing that pulls it back (Pendulum seed 1 stalled so); 0: off.
+    bound_coef: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +233,8 @@ class Config:
               ">= 0 (0 disables)")
         check(finite(a.entropy_coef) and a.entropy_coef >= 0, "entropy_coef", a.entropy_coef, ">= 0")
         check(finite(a.value_coef) and a.value_coef > 0, "value_coef", a.value_coef, "> 0")
+        check(finite(a.bound_coef) and a.bound_coef >= 0, "bound_coef", a.bound_coef,
+              ">= 0 (0 disables)")
         check(finite(a.clip_norm) and a.clip_norm >= 0, "clip_norm", a.clip_norm, ">= 0 (0 disables)")
         check(p.num_agents >= 1, "num_agents", p.num_agents, ">= 1")
         check(p.num_predictors >= 1, "num_predictors", p.num_predictors, ">= 1")

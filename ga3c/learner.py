@@ -57,8 +57,18 @@ def gaussian_entropy(log_std):
     return ops.sum(ops.cast(log_std, "float32") + 0.5 * (1.0 + LOG_2PI), axis=-1)
 
 
+def bound_penalty(mean, low, high):
+    """Per row, sum_i relu(mu_i - high_i)^2 + relu(low_i - mu_i)^2: 0 while every mean is
+    inside the Box's bounds (rl_games' bounds loss, without its soft margin)."""
+    mean = ops.cast(mean, "float32")
+    above = ops.relu(mean - ops.convert_to_tensor(high, "float32"))
+    below = ops.relu(ops.convert_to_tensor(low, "float32") - mean)
+    return ops.sum(ops.square(above) + ops.square(below), axis=-1)
+
+
 def a3c_loss(logits, values, actions, targets, value_coef: float, entropy_coef: float,
-             weights=None, normalize_advantages: bool = False, log_std=None) -> LossTerms:
+             weights=None, normalize_advantages: bool = False, log_std=None,
+             bounds=None, bound_coef: float = 0.0) -> LossTerms:
     """Actor-critic loss averaged over the batch.
 
     policy_loss = -mean(log pi(a|s) * stop_gradient(target - V(s)))
@@ -68,7 +78,8 @@ def a3c_loss(logits, values, actions, targets, value_coef: float, entropy_coef: 
     Log-probabilities come from log_softmax of the logits, so no log(0) can occur.
     With `log_std` given, the policy is a diagonal Gaussian: `logits` are its means, `actions`
     the (unclipped) samples, and log pi and the entropy are `gaussian_log_prob` and
-    `gaussian_entropy`.
+    `gaussian_entropy`; with `bounds` = (low, high) and `bound_coef` > 0 the total also has
+    bound_coef * mean(`bound_penalty`) on the means.
     `weights` (0 or 1 per row) leaves padding rows out of every mean (used under XLA, where
     batches are padded to a few fixed sizes). With `normalize_advantages` the policy term uses
     (A - mean A) / (std A + 1e-8) over the batch: a batch whose advantages are all biased one
@@ -102,6 +113,8 @@ def a3c_loss(logits, values, actions, targets, value_coef: float, entropy_coef: 
     value_loss = mean(ops.square(targets - values))
     entropy = mean(entropies)
     total = policy_loss + value_coef * value_loss - entropy_coef * entropy
+    if log_std is not None and bounds is not None and bound_coef > 0:
+        total = total + bound_coef * mean(bound_penalty(logits, *bounds))
     return LossTerms(total, policy_loss, value_loss, entropy)
 
 
@@ -189,19 +202,24 @@ class Learner:
         mixed, _ = mixed_precision_decision(config.run.mixed_precision)
         return cls(env_spec.obs_shape, env_spec.obs_dtype, env_spec.num_actions,
                    config.network, config.algo, xla=config.run.xla, mixed_precision=mixed,
-                   continuous=env_spec.continuous, normalize_obs=config.env.normalize_obs)
+                   continuous=env_spec.continuous, normalize_obs=config.env.normalize_obs,
+                   action_bounds=((env_spec.action_low, env_spec.action_high)
+                                  if env_spec.continuous else None))
 
     def __init__(self, obs_shape, obs_dtype, num_actions: int, network: NetworkConfig,
                  algo: AlgoConfig, xla: bool = False, mixed_precision: bool = False,
-                 continuous: bool = False, normalize_obs: bool = False) -> None:
+                 continuous: bool = False, normalize_obs: bool = False,
+                 action_bounds=None) -> None:
         """`continuous`: a Box action space of `num_actions` dimensions (Gaussian policy;
-        predict returns its means then log-stds per row, `ga3c.distributions.GaussianHead`).
+        predict returns its means then log-stds per row, `ga3c.distributions.GaussianHead`),
+        whose (low, high) bounds are `action_bounds` (used by `algo.bound_coef`).
         `normalize_obs`: the network normalises observations by running statistics, which
         every `train` call updates from its batch's states first."""
         self.obs_shape = tuple(obs_shape)
         self.obs_dtype = np.dtype(obs_dtype)
         self.num_actions = num_actions
         self.continuous = continuous
+        self.action_bounds = action_bounds
         self.algo = algo
         self.xla = xla
         self.mixed_precision = mixed_precision
@@ -283,7 +301,8 @@ class Learner:
             terms = a3c_loss(policy, tf.cast(out["value"], tf.float32), actions, targets,
                              algo.value_coef, algo.entropy_coef, weights,
                              algo.normalize_advantages,
-                             log_std=out["log_std"] if self.continuous else None)
+                             log_std=out["log_std"] if self.continuous else None,
+                             bounds=self.action_bounds, bound_coef=algo.bound_coef)
         variables = self.model.trainable_variables
         grads = tape.gradient(terms.total, variables)
         if algo.clip_norm > 0:

@@ -73,6 +73,44 @@ def test_the_loss_uses_the_gaussian_terms():
                                + 0.5 * np.mean(adv ** 2) - 0.01 * entropy, rtol=1e-5)
 
 
+def test_bound_penalty_is_the_squared_distance_outside_the_bounds():
+    import tensorflow as tf
+
+    from ga3c.learner import a3c_loss, bound_penalty
+
+    low, high = (-2.0, 0.0), (2.0, 1.0)
+    mean = np.array([[0.0, 0.5], [3.0, 0.5], [-2.5, -1.0], [2.0, 1.0]], np.float32)
+    # row 0 inside; row 1: (3 - 2)^2; row 2: (-2 - -2.5)^2 + (0 - -1)^2; row 3 on the bounds
+    want = [0.0, 1.0, 0.25 + 1.0, 0.0]
+    np.testing.assert_allclose(np.asarray(bound_penalty(mean, low, high)), want, rtol=1e-6)
+    log_std = np.zeros((4, 2), np.float32)
+    actions, values = mean.copy(), np.zeros(4, np.float32)
+    targets = np.array([1.0, -1.0, 0.5, 0.0], np.float32)
+    plain = a3c_loss(mean, values, actions, targets, 0.5, 0.01, log_std=log_std)
+    bounded = a3c_loss(mean, values, actions, targets, 0.5, 0.01, log_std=log_std,
+                       bounds=(low, high), bound_coef=0.1)
+    np.testing.assert_allclose(float(bounded.total), float(plain.total) + 0.1 * np.mean(want),
+                               rtol=1e-6)
+    assert float(bounded.policy_loss) == float(plain.policy_loss)
+    # its gradient pulls each mean outside back towards its bound: 2 (mu - bound) / batch
+    x = tf.Variable(mean)
+    with tf.GradientTape() as tape:
+        penalty = tf.reduce_mean(bound_penalty(x, low, high))
+    np.testing.assert_allclose(tape.gradient(penalty, x).numpy(),
+                               [[0, 0], [0.5, 0], [-0.25, -0.5], [0, 0]], atol=1e-7)
+
+
+def test_learner_passes_the_box_bounds_to_the_loss():
+    from ga3c.config import Config
+    from ga3c.envs import EnvSpec
+    from ga3c.learner import Learner
+
+    spec = EnvSpec((3,), np.dtype(np.float32), 1, True, (-2.0,), (2.0,))
+    learner = Learner.for_run(Config(), spec)
+    assert learner.action_bounds == ((-2.0,), (2.0,))
+    assert Learner.for_run(Config(), EnvSpec((3,), np.dtype(np.float32), 2)).action_bounds is None
+
+
 def test_head_sampling_mode_and_bounds():
     head = head_for(gym.spaces.Box(np.array([-2.0, 0.0], np.float32),
                                    np.array([2.0, 1.0], np.float32)))
