@@ -3,6 +3,11 @@
     python benchmarks/vs_sb3.py --side=ga3c --config=configs/pendulum.cfg --seeds=0,1,2 --target=-250
     python benchmarks/vs_sb3.py --side=sb3 --algo=ppo --env=Pendulum-v1 --seeds=0,1,2 --target=-250
     python benchmarks/vs_sb3.py --side=sb3 --algo=a2c --env=HalfCheetah-v5 --steps=1000000
+    python benchmarks/vs_sb3.py --side=both --config=configs/pendulum.cfg --algo=ppo --seeds=0
+
+`--side=both` runs the two alternately, seed by seed (ga3c then SB3, each alone on the
+machine), and prints per seed the ratio of ga3c's wall seconds to the target to SB3's: the
+side-by-side figure of a wall-time bar.
 
 `--side=ga3c` runs `ga3c-train --flagfile=CONFIG --seed=S` (the real CLI, a subprocess) and
 reads the run's episodes.csv. `--side=sb3` never imports SB3 here: SB3 is no ga3c
@@ -167,9 +172,20 @@ def run_sb3(seed: int, algo: str, env_id: str, target: float, steps: int, venv: 
     return summarise(seed, rows, target)
 
 
+def wall_ratio_line(seed: int, ga3c: dict, sb3: dict) -> str:
+    """ga3c's wall seconds to the target over SB3's, for one seed run side by side."""
+    if not (ga3c["reached"] and sb3["reached"]):
+        return (f"seed {seed}: wall ratio ga3c/sb3 not defined (reached: ga3c "
+                f"{ga3c['reached']}, sb3 {sb3['reached']})")
+    ratio = ga3c["seconds_to_target"] / sb3["seconds_to_target"]
+    return (f"seed {seed}: wall seconds to target ga3c {ga3c['seconds_to_target']:.0f}, "
+            f"sb3 {sb3['seconds_to_target']:.0f}: ratio ga3c/sb3 {ratio:.2f}; agent steps "
+            f"{ga3c['steps_to_target']:,} vs {sb3['steps_to_target']:,}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--side", choices=["ga3c", "sb3"], default="ga3c")
+    parser.add_argument("--side", choices=["ga3c", "sb3", "both"], default="ga3c")
     parser.add_argument("--config", default="configs/pendulum.cfg", help="--side=ga3c")
     parser.add_argument("--algo", choices=["ppo", "a2c"], default="ppo", help="--side=sb3")
     parser.add_argument("--env", default="Pendulum-v1", help="--side=sb3")
@@ -191,14 +207,25 @@ def main() -> int:
     records = []
     with tempfile.TemporaryDirectory(prefix="vs_sb3-") as workdir:
         for seed in seeds:
-            if args.side == "ga3c":
-                rec = run_ga3c(seed, args.config, args.target, args.steps, workdir,
-                               args.timeout, [e for e in extra if e != "--"])
-            else:
-                rec = run_sb3(seed, args.algo, args.env, args.target, args.steps, args.venv,
-                              workdir, args.timeout)
-            records.append(rec)
-            print(json.dumps(rec), flush=True)
+            pair = {}
+            for side in (("ga3c", "sb3") if args.side == "both" else (args.side,)):
+                if side == "ga3c":
+                    rec = run_ga3c(seed, args.config, args.target, args.steps, workdir,
+                                   args.timeout, [e for e in extra if e != "--"])
+                else:
+                    rec = run_sb3(seed, args.algo, args.env, args.target, args.steps,
+                                  args.venv, workdir, args.timeout)
+                rec["side"] = side
+                pair[side] = rec
+                records.append(rec)
+                print(json.dumps(rec), flush=True)
+            if len(pair) == 2:
+                print(wall_ratio_line(seed, pair["ga3c"], pair["sb3"]), flush=True)
+    if args.side == "both":
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(records, f, indent=2)
+        return 0
     reached = [r for r in records if r["reached"]]
     scores = [r["final_score100"] for r in records]
     print(f"{len(reached)}/{len(records)} seeds reached {args.target:g}; final score100 "

@@ -50,3 +50,27 @@ def test_zoo_schedules_resolve_to_a_linear_decay():
     assert kwargs["gamma"] == 0.99
     assert kwargs["learning_rate"](1.0) == pytest.approx(7e-4)
     assert kwargs["learning_rate"](0.25) == pytest.approx(1.75e-4)
+
+
+def test_side_both_alternates_per_seed_and_prints_the_wall_ratio(monkeypatch, capsys, tmp_path):
+    calls = []
+
+    def fake(side, seconds):
+        def run(seed, *args, **kwargs):
+            calls.append((side, seed))
+            return dict(seed=seed, reached=True, steps_to_target=1000 * (seed + 1),
+                        seconds_to_target=seconds * (seed + 1), final_score100=-200.0)
+        return run
+
+    monkeypatch.setattr(vs_sb3, "run_ga3c", fake("ga3c", 30.0))
+    monkeypatch.setattr(vs_sb3, "run_sb3", fake("sb3", 120.0))
+    out = tmp_path / "both.json"
+    monkeypatch.setattr(sys, "argv", ["vs_sb3.py", "--side=both", "--seeds=0,1", f"--json={out}"])
+    assert vs_sb3.main() == 0
+    assert calls == [("ga3c", 0), ("sb3", 0), ("ga3c", 1), ("sb3", 1)]
+    text = capsys.readouterr().out
+    assert "seed 0: wall seconds to target ga3c 30, sb3 120: ratio ga3c/sb3 0.25" in text
+    assert "seed 1: wall seconds to target ga3c 60, sb3 240: ratio ga3c/sb3 0.25" in text
+    assert [r["side"] for r in json.loads(out.read_text())] == ["ga3c", "sb3", "ga3c", "sb3"]
+    never = dict(reached=False, steps_to_target=None, seconds_to_target=None)
+    assert "not defined" in vs_sb3.wall_ratio_line(2, never, never)
