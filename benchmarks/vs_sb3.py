@@ -132,8 +132,11 @@ def resolve(kwargs: dict) -> dict:
     return out
 
 
-def worker(algo: str, env_id: str, seed: int, steps: int, out: str) -> None:
-    """Inside the SB3 venv: train, and write (steps, seconds, return) per episode to `out`."""
+def worker(algo: str, env_id: str, seed: int, steps: int, out: str,
+           stop_at: float | None = None) -> None:
+    """Inside the SB3 venv: train, and write (steps, seconds, return) per episode to `out`;
+    with `stop_at`, stop once the mean of the last 100 episodes reaches it (as ga3c's
+    --target_score does)."""
     import stable_baselines3 as sb3
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
@@ -151,7 +154,7 @@ def worker(algo: str, env_id: str, seed: int, steps: int, out: str) -> None:
                 if "episode" in info:  # Monitor's real (unnormalised) return
                     rows.append((self.num_timesteps, time.monotonic() - start,
                                  float(info["episode"]["r"])))
-            return True
+            return stop_at is None or solve_point(rows[-100:], stop_at)[0] is None
 
     model = getattr(sb3, algo.upper())("MlpPolicy", env, seed=seed, device="cpu",
                                        **resolve(zoo["kwargs"]))
@@ -161,12 +164,13 @@ def worker(algo: str, env_id: str, seed: int, steps: int, out: str) -> None:
 
 
 def run_sb3(seed: int, algo: str, env_id: str, target: float, steps: int, venv: str,
-            workdir: str, timeout: float) -> dict:
+            workdir: str, timeout: float, stop_at_target: bool = False) -> dict:
     python = ensure_venv(venv)
     out = os.path.join(workdir, f"sb3-{algo}-seed{seed}.json")
+    stop = [f"--target={target}", "--stop_at_target"] if stop_at_target else []
     subprocess.run([python, os.path.abspath(__file__), "--worker", f"--algo={algo}",
-                    f"--env={env_id}", f"--seeds={seed}", f"--steps={steps}", f"--out={out}"],
-                   check=True, timeout=timeout)
+                    f"--env={env_id}", f"--seeds={seed}", f"--steps={steps}", f"--out={out}",
+                    *stop], check=True, timeout=timeout)
     with open(out) as f:
         rows = [tuple(r) for r in json.load(f)]
     return summarise(seed, rows, target)
@@ -197,12 +201,15 @@ def main() -> int:
     parser.add_argument("--venv", default=DEFAULT_VENV, help="SB3's own virtual environment")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per seed")
     parser.add_argument("--json", help="write the per-seed records here")
+    parser.add_argument("--stop_at_target", action="store_true",
+                        help="SB3 stops at --target as ga3c does (on with --side=both)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args, extra = parser.parse_known_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.worker:
-        worker(args.algo, args.env, seeds[0], args.steps, args.out)
+        worker(args.algo, args.env, seeds[0], args.steps, args.out,
+               args.target if args.stop_at_target else None)
         return 0
     records = []
     with tempfile.TemporaryDirectory(prefix="vs_sb3-") as workdir:
@@ -214,7 +221,8 @@ def main() -> int:
                                    args.timeout, [e for e in extra if e != "--"])
                 else:
                     rec = run_sb3(seed, args.algo, args.env, args.target, args.steps,
-                                  args.venv, workdir, args.timeout)
+                                  args.venv, workdir, args.timeout,
+                                  args.stop_at_target or args.side == "both")
                 rec["side"] = side
                 pair[side] = rec
                 records.append(rec)
