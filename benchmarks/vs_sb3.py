@@ -150,11 +150,15 @@ def worker(algo: str, env_id: str, seed: int, steps: int, out: str,
 
     class Episodes(BaseCallback):
         def _on_step(self) -> bool:
+            ended = False
             for info in self.locals["infos"]:
                 if "episode" in info:  # Monitor's real (unnormalised) return
                     rows.append((self.num_timesteps, time.monotonic() - start,
                                  float(info["episode"]["r"])))
-            return stop_at is None or solve_point(rows[-100:], stop_at)[0] is None
+                    ended = True
+            # go on unless an episode just ended and the last 100 reach the target
+            return not (ended and stop_at is not None
+                        and solve_point(rows[-100:], stop_at)[0] is not None)
 
     model = getattr(sb3, algo.upper())("MlpPolicy", env, seed=seed, device="cpu",
                                        **resolve(zoo["kwargs"]))
@@ -185,6 +189,22 @@ def wall_ratio_line(seed: int, ga3c: dict, sb3: dict) -> str:
     return (f"seed {seed}: wall seconds to target ga3c {ga3c['seconds_to_target']:.0f}, "
             f"sb3 {sb3['seconds_to_target']:.0f}: ratio ga3c/sb3 {ratio:.2f}; agent steps "
             f"{ga3c['steps_to_target']:,} vs {sb3['steps_to_target']:,}")
+
+
+def summary(side: str, records: list[dict], target: float) -> str:
+    """One side's seeds: how many reached the target, the final scores' median and worst,
+    and the steps and seconds to the target of those that reached it."""
+    reached = [r for r in records if r["reached"]]
+    scores = [r["final_score100"] for r in records]
+    text = (f"{side}: {len(reached)}/{len(records)} seeds reached {target:g}; final score100 "
+            f"median {statistics.median(scores):.1f}, worst {min(scores):.1f}")
+    if reached:
+        steps = [r["steps_to_target"] for r in reached]
+        secs = [r["seconds_to_target"] for r in reached]
+        text += (f"\n{side}: steps to target: median {statistics.median(steps):,.0f}, worst "
+                 f"{max(steps):,}; seconds: median {statistics.median(secs):.0f}, worst "
+                 f"{max(secs):.0f}")
+    return text
 
 
 def main() -> int:
@@ -229,20 +249,8 @@ def main() -> int:
                 print(json.dumps(rec), flush=True)
             if len(pair) == 2:
                 print(wall_ratio_line(seed, pair["ga3c"], pair["sb3"]), flush=True)
-    if args.side == "both":
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(records, f, indent=2)
-        return 0
-    reached = [r for r in records if r["reached"]]
-    scores = [r["final_score100"] for r in records]
-    print(f"{len(reached)}/{len(records)} seeds reached {args.target:g}; final score100 "
-          f"median {statistics.median(scores):.1f}, worst {min(scores):.1f}")
-    if reached:
-        steps = [r["steps_to_target"] for r in reached]
-        secs = [r["seconds_to_target"] for r in reached]
-        print(f"steps to target: median {statistics.median(steps):,.0f}, worst {max(steps):,}; "
-              f"seconds: median {statistics.median(secs):.0f}, worst {max(secs):.0f}")
+    for side in sorted({r["side"] for r in records}):
+        print(summary(side, [r for r in records if r["side"] == side], args.target))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=2)

@@ -100,14 +100,37 @@ def test_bound_penalty_is_the_squared_distance_outside_the_bounds():
                                [[0, 0], [0.5, 0], [-0.25, -0.5], [0, 0]], atol=1e-7)
 
 
-def test_learner_passes_the_box_bounds_to_the_loss():
-    from ga3c.config import Config
+def test_a_train_step_adds_the_penalty_for_means_beyond_the_bounds():
+    """Through Learner.for_run and a real train step: the same weights and batch, with the
+    policy's mean held at 5 (bounds [-2, 2]), cost (5 - 2)^2 = 9 more at bound_coef 1."""
+    import dataclasses
+
+    from ga3c.config import AlgoConfig, Config
     from ga3c.envs import EnvSpec
     from ga3c.learner import Learner
+    from ga3c.returns import Transitions
 
     spec = EnvSpec((3,), np.dtype(np.float32), 1, True, (-2.0,), (2.0,))
-    learner = Learner.for_run(Config(), spec)
-    assert learner.action_bounds == ((-2.0,), (2.0,))
+
+    def learner(coef):
+        algo = dataclasses.replace(AlgoConfig(), bound_coef=coef)
+        return Learner.for_run(dataclasses.replace(Config(), algo=algo), spec)
+
+    plain, bounded = learner(0.0), learner(1.0)
+    head = plain.model.get_layer("mean")
+    head.kernel.assign(np.zeros(head.kernel.shape, np.float32))
+    head.bias.assign(np.array([5.0], np.float32))
+    bounded.model.set_weights(plain.model.get_weights())
+    rng = np.random.default_rng(0)
+    n = 6
+    batch = Transitions(rng.normal(size=(n, 3)).astype(np.float32),
+                        rng.normal(5.0, 1.0, (n, 1)).astype(np.float32),
+                        rng.normal(size=n).astype(np.float32),
+                        rng.normal(size=(1, 3)).astype(np.float32), np.zeros(n, np.int32),
+                        np.ones(n, np.int32), np.zeros(n, np.float32), np.zeros(n, np.int64))
+    a, b = plain.train(batch), bounded.train(batch)
+    assert b.loss - a.loss == pytest.approx(9.0, rel=1e-4)
+    assert b.policy_loss == pytest.approx(a.policy_loss, rel=1e-6)
     assert Learner.for_run(Config(), EnvSpec((3,), np.dtype(np.float32), 2)).action_bounds is None
 
 

@@ -41,7 +41,7 @@ def test_the_ga3c_side_runs_a_config_per_seed(tmp_path):
     assert [r["seed"] for r in records] == [0, 1]
     # Target's returns are in [-10, 0]: the first full window of 100 episodes reaches -100
     assert all(r["reached"] and r["episodes"] >= 100 for r in records)
-    assert "2/2 seeds reached -100" in proc.stdout
+    assert "ga3c: 2/2 seeds reached -100" in proc.stdout
 
 
 def test_zoo_schedules_resolve_to_a_linear_decay():
@@ -71,6 +71,8 @@ def test_side_both_alternates_per_seed_and_prints_the_wall_ratio(monkeypatch, ca
     text = capsys.readouterr().out
     assert "seed 0: wall seconds to target ga3c 30, sb3 120: ratio ga3c/sb3 0.25" in text
     assert "seed 1: wall seconds to target ga3c 60, sb3 240: ratio ga3c/sb3 0.25" in text
+    assert "ga3c: 2/2 seeds reached -250" in text and "sb3: 2/2 seeds reached -250" in text
+    assert "sb3: steps to target: median 1,500, worst 2,000; seconds: median 180" in text
     assert [r["side"] for r in json.loads(out.read_text())] == ["ga3c", "sb3", "ga3c", "sb3"]
     never = dict(reached=False, steps_to_target=None, seconds_to_target=None)
     assert "not defined" in vs_sb3.wall_ratio_line(2, never, never)
