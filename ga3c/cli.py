@@ -22,7 +22,7 @@ import sys
 
 from absl import flags
 
-from ga3c.config import ENV_BACKENDS, LR_SCHEDULES, RUNNERS, Config
+from ga3c.config import ACTIVATIONS, ENV_BACKENDS, LR_SCHEDULES, RUNNERS, Config
 from ga3c.errors import UserError, first_line
 from ga3c.startup import check_writable_dir, import_tensorflow_quietly
 
@@ -73,6 +73,9 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_enum("init", n.init, ["orthogonal", "glorot"],
                       "Kernel init of trunk and value head: orthogonal (gain sqrt(2) trunk, 1 "
                       "value head, as OpenAI baselines / SB3) or Keras' glorot.", flag_values=fv)
+    flags.DEFINE_enum("activation", n.activation, list(ACTIVATIONS),
+                      "CNN trunk activation: relu (Nature DQN) or leaky_relu (slope 0.01 below "
+                      "0: a unit dead on every frame still learns).", flag_values=fv)
     flags.DEFINE_integer("n_step", a.n_step, "Steps per n-step return (A3C t_max).", flag_values=fv)
     flags.DEFINE_float("gamma", a.gamma, "Discount factor.", flag_values=fv)
     flags.DEFINE_float("learning_rate", a.learning_rate, "RMSProp learning rate.", flag_values=fv)

@@ -17,6 +17,7 @@ from typing import Any
 
 ENV_BACKENDS = ("auto", "threads", "ale_vector")
 LR_SCHEDULES = ("constant", "linear")
+ACTIVATIONS = ("relu", "leaky_relu")  # the CNN trunk's; leaky_relu's slope below 0 is 0.01
 RUNNERS = ("threads", "ray")
 
 
@@ -68,6 +69,10 @@ class NetworkConfig:
     # as OpenAI baselines / SB3) or "glorot" (Keras' default). The policy head is always
     # orthogonal with gain 0.01.
     init: str = "orthogonal"
+    # Activation of the CNN trunk: "relu" (Nature DQN) or "leaky_relu" (slope 0.01 below 0),
+    # under which a unit that is negative on every frame still gets a gradient and can come
+    # back (docs/stability.md: Pong's conv0 lost 30 of its 32 ReLU channels for good).
+    activation: str = "relu"
     # Box action spaces: the Gaussian policy's state-independent log-std starts here.
     log_std_init: float = 0.0
 
@@ -213,6 +218,8 @@ class Config:
               "one or more positive layer sizes")
         check(n.cnn in ("ga3c", "nature"), "cnn", n.cnn, "'ga3c' or 'nature'")
         check(n.init in ("orthogonal", "glorot"), "init", n.init, "'orthogonal' or 'glorot'")
+        check(n.activation in ACTIVATIONS, "activation", n.activation,
+              " or ".join(repr(a) for a in ACTIVATIONS))
         check(finite(n.log_std_init) and -5 <= n.log_std_init <= 2, "log_std_init",
               n.log_std_init, "in [-5, 2]")
         check(not (e.clip_rewards and e.normalize_reward), "normalize_reward",

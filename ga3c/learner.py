@@ -27,7 +27,7 @@ from keras import ops
 from ga3c.config import AlgoConfig, Config, NetworkConfig
 from ga3c.errors import NonFiniteError
 from ga3c.hardware import cpu_info, decide_mixed_precision
-from ga3c.network import build_network, obs_normalization, relu_layers
+from ga3c.network import build_network, obs_normalization, relu_layers, unit_name
 from ga3c.normalize import merge_batch
 from ga3c.optimizer import ClippedRMSprop
 from ga3c.returns import Transitions
@@ -246,7 +246,7 @@ class Learner:
             **self.model.output, **{f"relu/{layer.name}": layer.output for layer in self._relus}})
         self._layers = sorted({layer_of(v) for v in self.model.trainable_variables})
         self.probe_names = (["max_abs_advantage", "max_step", "max_step_unclipped", "clipped"]
-                            + [f"dead_relu/{layer.name}" for layer in self._relus]
+                            + [f"dead_relu/{unit_name(layer)}" for layer in self._relus]
                             + [f"step_norm/{name}" for name in self._layers])
         self._version = 0
         self._version_lock = threading.Lock()

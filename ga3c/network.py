@@ -82,17 +82,30 @@ def build_network(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
         if continuous or normalize_obs:
             raise ValueError("the CNN takes frames with a Discrete action space and no "
                              "observation normalisation")
-        return build_cnn(obs_shape, obs_dtype, num_actions, config.cnn, config.init)
+        return build_cnn(obs_shape, obs_dtype, num_actions, config.cnn, config.init,
+                         config.activation)
     return build_mlp(obs_shape, obs_dtype, num_actions, config, continuous, normalize_obs)
 
 
 INITS = ("orthogonal", "glorot")
 
 
+LEAKY_SLOPE = 0.01  # --activation=leaky_relu's slope below 0
+
+
 def relu_layers(model: keras.Model) -> list:
-    """The model's layers with a ReLU activation (the CNN trunk's; the MLPs use tanh)."""
+    """The model's layers with a ReLU activation, or the LeakyReLU layers that follow the
+    CNN trunk's linear layers under --activation=leaky_relu (the MLPs use tanh). A unit of
+    either is dead on a batch when its output is never > 0."""
     return [layer for layer in model.layers
-            if getattr(layer, "activation", None) is keras.activations.relu]
+            if getattr(layer, "activation", None) is keras.activations.relu
+            or isinstance(layer, layers.LeakyReLU)]
+
+
+def unit_name(layer) -> str:
+    """The trunk layer a `relu_layers` entry belongs to: "conv0" for conv0 and for its
+    LeakyReLU ("conv0_act"), so the instruments keep their names across activations."""
+    return layer.name.removesuffix("_act")
 
 
 def _kernel_init(init: str, gain: float):
@@ -134,7 +147,7 @@ CNN_TRUNKS = {
 
 
 def build_cnn(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
-              trunk: str, init: str = "orthogonal") -> keras.Model:
+              trunk: str, init: str = "orthogonal", activation: str = "relu") -> keras.Model:
     """CNN actor-critic for stacked frames (height, width, stack), e.g. Atari's (84, 84, 4).
 
     Frames travel the queues as uint8 and are scaled to [0, 1] inside the model; the policy
@@ -142,14 +155,22 @@ def build_cnn(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
     (`ga3c.envs.frames_last`), the layout TensorFlow's CPU convolutions take.
     """
     convs, dense = CNN_TRUNKS[trunk]
+    leaky = activation == "leaky_relu"
+
+    def trunk_layer(layer_type, x, name, *args, **kwargs):
+        # Under leaky_relu the layer is linear and a LeakyReLU named "<name>_act" follows:
+        # Keras would save a leaky_relu activation by name and load it with slope 0.2.
+        x = layer_type(*args, activation=None if leaky else "relu", name=name,
+                       kernel_initializer=_kernel_init(init, math.sqrt(2)), **kwargs)(x)
+        return layers.LeakyReLU(LEAKY_SLOPE, name=f"{name}_act")(x) if leaky else x
+
     inputs = keras.Input(shape=obs_shape, dtype=obs_dtype, name="obs")
     x = layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
     for i, (filters, kernel, stride, padding) in enumerate(convs):
-        x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, activation="relu",
-                          kernel_initializer=_kernel_init(init, math.sqrt(2)), name=f"conv{i}")(x)
+        x = trunk_layer(layers.Conv2D, x, f"conv{i}", filters, kernel, strides=stride,
+                        padding=padding)
     x = layers.Flatten(name="features")(x)
-    x = layers.Dense(dense, activation="relu", kernel_initializer=_kernel_init(init, math.sqrt(2)),
-                     name="dense")(x)
+    x = trunk_layer(layers.Dense, x, "dense", dense)
     return keras.Model(inputs, _heads((x, x), num_actions, init), name=f"ga3c_{trunk}_cnn")
 
 

@@ -138,13 +138,14 @@ def test_validate_lists_every_problem_naming_its_field():
         algo__rho=1.0,
         env__env_id="  ",
         network__hidden=(64, 0),
+        network__activation="gelu",
         run__seed=-3,
         run__keep_checkpoints=0,
         run__target_score=math.inf,
     )
     problems = bad.validate()
     expected = ["num_agents", "min_train_batch", "gamma", "learning_rate", "rho", "env", "hidden",
-                "seed", "keep_checkpoints", "target_score"]
+                "activation", "seed", "keep_checkpoints", "target_score"]
     assert len(problems) == len(expected), problems
     for name in expected:
         matching = [p for p in problems if p.startswith(f"{name}=")]

@@ -19,10 +19,11 @@ from ga3c.returns import Transitions  # noqa: E402
 OBS = (36, 36, 4)  # the Nature trunk: 36 -> 8 -> 3 -> 1 positions
 
 
-def cnn_learner(**algo):
+def cnn_learner(activation="relu", **algo):
     algo = dict(dict(learning_rate=1e-3, rho=0.99, epsilon=1e-10, clip_norm=0,
                      normalize_advantages=False), **algo)
-    return Learner(OBS, np.uint8, 3, NetworkConfig(cnn="nature"), AlgoConfig(**algo))
+    return Learner(OBS, np.uint8, 3, NetworkConfig(cnn="nature", activation=activation),
+                   AlgoConfig(**algo))
 
 
 def frames(rng, b, n_next=4):
@@ -47,8 +48,11 @@ def gradients(learner, t):
     return [g.numpy() for g in tape.gradient(loss, learner.model.trainable_variables)], targets
 
 
-def test_dead_relu_fraction_counts_units_zero_for_every_state():
-    learner = cnn_learner()
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_dead_relu_fraction_counts_units_zero_for_every_state(activation):
+    """Dead: never > 0 on the batch (under leaky_relu, negative on every state), named by
+    the trunk layer either way."""
+    learner = cnn_learner(activation)
     m = learner.model
     # dense: zero kernel, bias +1 on 128 of 512 units and -1 on the rest: 384 dead
     m.get_layer("dense").kernel.assign(np.zeros(m.get_layer("dense").kernel.shape, np.float32))
@@ -61,6 +65,27 @@ def test_dead_relu_fraction_counts_units_zero_for_every_state():
     assert probes["dead_relu/dense"] == pytest.approx(0.75)
     assert probes["dead_relu/conv2"] == pytest.approx(0.75)
     assert 0.0 <= probes["dead_relu/conv0"] < 0.5  # orthogonal init on random frames
+
+
+@pytest.mark.parametrize("activation, learns", [("relu", False), ("leaky_relu", True)])
+def test_a_unit_dead_on_every_state_gets_a_gradient_only_under_leaky_relu(activation, learns):
+    """The absorbing state docs/stability.md found in Pong's conv0: a ReLU channel negative
+    at every position of every frame has a zero gradient, so RMSProp never moves it again;
+    under leaky_relu its gradient is 0.01x, not 0, and RMSProp's scaling makes the step
+    full-sized."""
+    learner = cnn_learner(activation)
+    conv = learner.model.get_layer("conv0")
+    bias = conv.bias.numpy()
+    bias[0] = -1e3  # channel 0: negative everywhere
+    conv.bias.assign(bias)
+    t = frames(np.random.default_rng(2), 10)
+    grads, _ = gradients(learner, t)
+    kernel_grad = grads[[v.path for v in learner.model.trainable_variables].index(conv.kernel.path)]
+    assert np.abs(kernel_grad[..., 1:]).max() > 0
+    assert (np.abs(kernel_grad[..., 0]).max() > 0) == learns
+    before = conv.kernel.numpy()[..., 0].copy()
+    learner.train(t)
+    assert (np.abs(conv.kernel.numpy()[..., 0] - before).max() > 1e-4) == learns
 
 
 @pytest.mark.parametrize("update_clip", [0.0, 1.0])

@@ -87,3 +87,31 @@ def test_orthogonal_init_gains_per_layer():
         w = np.asarray(model.get_layer(name).kernel).reshape(-1, model.get_layer(name).kernel.shape[-1])
         # Orthogonal columns (fan_in >= units): W^T W = gain^2 I.
         np.testing.assert_allclose(w.T @ w, gain ** 2 * np.eye(w.shape[1]), atol=1e-4 * max(1, gain ** 2))
+
+
+def test_leaky_relu_trunk_is_the_relu_trunk_with_slope_0_01_below_zero(tmp_path):
+    """--activation=leaky_relu: the same weights (same names, same count) as the ReLU trunk,
+    each conv/dense layer linear and followed by a LeakyReLU "<name>_act" of slope 0.01;
+    policy.keras keeps the slope (Keras would load an activation saved by name at 0.2)."""
+    from ga3c.network import relu_layers, unit_name
+
+    relu = build_network(ATARI, "uint8", 6, NetworkConfig(cnn="nature"))
+    leaky = build_network(ATARI, "uint8", 6, NetworkConfig(cnn="nature", activation="leaky_relu"))
+    assert [w.path for w in leaky.weights] == [w.path for w in relu.weights]
+    leaky.set_weights(relu.get_weights())
+    assert [unit_name(layer) for layer in relu_layers(leaky)] \
+        == [unit_name(layer) for layer in relu_layers(relu)] == ["conv0", "conv1", "conv2", "dense"]
+    x = np.random.default_rng(0).integers(0, 256, (3, *ATARI), dtype=np.uint8)
+    pre = np.asarray(keras.Model(leaky.inputs, leaky.get_layer("conv0").output)(x))
+    act = np.asarray(keras.Model(leaky.inputs, leaky.get_layer("conv0_act").output)(x))
+    assert (pre < 0).any() and (pre > 0).any()
+    np.testing.assert_allclose(act, np.where(pre > 0, pre, 0.01 * pre), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(keras.Model(relu.inputs, relu.get_layer("conv0").output)(x)),
+        np.maximum(pre, 0), rtol=1e-6, atol=1e-7)
+    path = str(tmp_path / "policy.keras")
+    leaky.save(path)
+    loaded = keras.models.load_model(path, compile=False)
+    assert loaded.get_layer("conv0_act").get_config()["negative_slope"] == pytest.approx(0.01)
+    np.testing.assert_allclose(np.asarray(loaded(x)["logits"]), np.asarray(leaky(x)["logits"]),
+                               rtol=1e-5, atol=1e-6)
