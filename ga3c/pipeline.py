@@ -58,7 +58,8 @@ class Pipeline:
                                 config.algo.gamma, self.predictors, self.trainers.queue,
                                 self._stats, self._stop, self._failure,
                                 clip_rewards=env.clip_rewards, episodic_life=env.episodic_life,
-                                groups=config.pipeline.runner_groups)
+                                groups=config.pipeline.runner_groups,
+                                normalize_reward=env.normalize_reward)
         return Agent(i, lambda: make_agent_envs(env.env_id, per_agent, env),
                      self._seed + i * per_agent, config.algo.n_step, config.algo.gamma,
                      self.predictors, self.trainers.queue, self._stats, self._stop,

@@ -13,6 +13,7 @@ spread over its nodes, and the cluster lost under a run.
 
 import contextlib
 import json
+import functools
 import os
 import re
 import subprocess
@@ -104,6 +105,27 @@ def test_runner_groups_reach_the_runners(groups, sizes):
     runner = pipeline._new_agent()
     assert isinstance(runner, RemoteRunner) and runner._sizes == sizes
     assert runner._seeds == [3 + sum(sizes[:g]) for g in range(len(sizes))]
+
+
+@pytest.mark.parametrize("flag", ["--normalize_reward", "--clip_rewards"])
+def test_reward_transforms_reach_the_runners_bookkeeping(flag):
+    """The runner's learner-side bookkeeping applies the run's reward transform (it once
+    dropped --normalize_reward: training on raw rewards, no error)."""
+    from ga3c.pipeline import Pipeline
+    from ga3c.ray_runner import EnvRunner
+
+    config = parse_config(["--runner=ray", "--envs_per_agent=4", flag])
+    runner = Pipeline(config, FakePredict(), None, lambda: 0, Stats(), threading.Event(),
+                      Failure(), seed=3)._new_agent()
+    runner._makers = [functools.partial(make_fake_envs, n) for n in runner._sizes]
+    actor = EnvRunner(runner._makers)
+    try:
+        runner._begin(0, actor.reset(0, 3))
+    finally:
+        actor.close()
+    book = runner._books[0]
+    assert (book._reward_scaler is not None) == (flag == "--normalize_reward")
+    assert book._clip_rewards == (flag == "--clip_rewards")
 
 
 def drive_without_ray(n_step: int, gamma: float, steps: int, seed: int = 1):
