@@ -280,3 +280,36 @@ def test_precision_counts_the_nature_cnn_by_hand_and_runs(tmp_path, capsys):
     assert set(record["parts"]) == {"predict@16", "next_values@16", "train@80"}
     assert all(p["float32_ms"] > 0 and p["bfloat16_ms"] > 0 for p in record["parts"].values())
     assert "bf16 flags:" in capsys.readouterr().out
+
+
+def test_dead_units_reads_a_cnn_checkpoint_and_refuses_an_mlp_one(tmp_path, capsys,
+                                                                trained_run):
+    """benchmarks/dead_units.py on a tiny leaky_relu Catch run: one line per trunk layer under
+    the trunk's names, 32 conv0 channels whose kernel sums are the checkpoint's; an MLP run
+    (CartPole) is one line, exit 2."""
+    import dead_units
+
+    import ga3c
+    from tests.test_cli import train_cli
+
+    logdir = str(tmp_path / "catch")
+    proc = train_cli("--env=tests.catch_env:Catch84-v0", "--cnn=nature",
+                     "--activation=leaky_relu", "--num_agents=1", "--envs_per_agent=2",
+                     "--max_predict_batch=2", "--min_train_batch=10", f"--logdir={logdir}",
+                     "--max_env_steps=200")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    capsys.readouterr()
+    assert dead_units.main([f"--logdir={logdir}", "--envs=2", "--steps=20", "--every=5"]) == 0
+    out = capsys.readouterr().out
+    assert "8 frames" in out
+    for layer, units in [("conv0", 32), ("conv1", 64), ("conv2", 64), ("dense", 512)]:
+        assert f"  {layer}: " in out and f" of {units} units fire" in out, out
+    kernel = ga3c.load_policy(logdir, checkpoint="latest").model.get_layer("conv0").kernel
+    sums = kernel.numpy().reshape(-1, 32).sum(axis=0)
+    rows = [line.split() for line in out.splitlines() if line.startswith("    ")]
+    assert [int(r[0]) for r in rows] == list(range(32))
+    assert all(0.0 <= float(r[1]) <= 1.0 for r in rows)
+    assert [float(r[2]) for r in rows] == pytest.approx(sums, abs=0.006)
+    assert dead_units.main([f"--logdir={trained_run[0]}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no conv0" in err[0], err
