@@ -14,6 +14,7 @@ weights and optimizer state are checked before anything is saved (`check_finite`
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import threading
@@ -223,13 +224,10 @@ class Learner:
         self.algo = algo
         self.xla = xla
         self.mixed_precision = mixed_precision
-        policy = keras.config.dtype_policy()
-        keras.config.set_dtype_policy("mixed_bfloat16" if mixed_precision else "float32")
-        try:
-            self.model = build_network(self.obs_shape, self.obs_dtype.name, num_actions, network,
-                                       continuous, normalize_obs)
-        finally:
-            keras.config.set_dtype_policy(policy)
+        self._build = functools.partial(build_network, self.obs_shape, self.obs_dtype.name,
+                                        num_actions, network, continuous, normalize_obs)
+        self.model = self._build_in("mixed_bfloat16" if mixed_precision else "float32")
+        self._float32_twin = None  # policy.keras's network when training in bfloat16
         self.obs_norm = obs_normalization(self.model)
         self._obs_norm_lock = threading.Lock()
         self.optimizer = ClippedRMSprop(
@@ -475,13 +473,31 @@ class Learner:
         return (self._predict.experimental_get_tracing_count(),
                 self._train.experimental_get_tracing_count())
 
+    def _build_in(self, dtype_policy: str):
+        """The network built under Keras' `dtype_policy` (the global one is put back)."""
+        policy = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(dtype_policy)
+        try:
+            return self._build()
+        finally:
+            keras.config.set_dtype_policy(policy)
+
     def save_policy(self, path: str, before_replace=lambda: None) -> None:
         """Write the model as a `.keras` file atomically (for `ga3c-eval` and other tools):
         to a temporary file, then `before_replace()` (which may raise to keep the previous
-        file), then renamed over `path`. A failure leaves no temporary file behind."""
+        file), then renamed over `path`. A failure leaves no temporary file behind. The file
+        computes in float32 whatever the training did (bfloat16 keeps float32 variables, so
+        the weights are the same): it then acts exactly as the network `ga3c-eval` restores
+        from a checkpoint, on any machine."""
         tmp = path + ".tmp.keras"
+        model = self.model
+        if self.mixed_precision:
+            if self._float32_twin is None:
+                self._float32_twin = self._build_in("float32")
+            self._float32_twin.set_weights(self.model.get_weights())
+            model = self._float32_twin
         try:
-            self.model.save(tmp)
+            model.save(tmp)
             before_replace()
             os.replace(tmp, path)
         except BaseException:
