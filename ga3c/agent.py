@@ -21,7 +21,7 @@ import numpy as np
 
 from ga3c.distributions import CategoricalHead, head_for
 from ga3c.envs import LockStepEnvs
-from ga3c.normalize import RewardScaler
+from ga3c.normalize import ReturnStats, RewardScaler
 from ga3c.predictor import PredictorGroup, ReplySlot
 from ga3c.returns import EpisodeTracker, NStepBuilder, Transitions
 from ga3c.threads import Failure, Worker, put_until_stopped
@@ -89,7 +89,9 @@ class Bookkeeper:
 
     def __init__(self, num_envs: int, obs_shape, obs_dtype, n_step: int, gamma: float,
                  clip_rewards: bool = False, episodic_life: bool = False, head=None,
-                 normalize_reward: bool = False) -> None:
+                 return_stats: ReturnStats | None = None) -> None:
+        """`return_stats`: the run's (`ga3c.normalize.ReturnStats`) under --normalize_reward:
+        training rewards are divided by the std of the discounted returns; None: not."""
         E = self.num_envs = num_envs
         # How actions are drawn and what the env is sent (`ga3c.distributions`); None: the
         # categorical head (its actions reach the env as drawn).
@@ -103,7 +105,8 @@ class Bookkeeper:
         self._tracker = EpisodeTracker(E)
         self._lives = LifeCounter(E) if episodic_life else None
         self._clip_rewards = clip_rewards
-        self._reward_scaler = RewardScaler(E, gamma) if normalize_reward else None
+        self._reward_scaler = (None if return_stats is None
+                               else RewardScaler(E, gamma, return_stats))
         self._started = np.zeros(E, dtype=bool)  # has the env's first (reset) obs arrived?
         # last action drawn for each env (for a Box: the unclipped sample, what training
         # scores) ...
@@ -188,10 +191,10 @@ class EnvStepper:
     """
 
     def __init__(self, envs, n_step: int, gamma: float, clip_rewards: bool = False,
-                 episodic_life: bool = False, normalize_reward: bool = False) -> None:
+                 episodic_life: bool = False, return_stats: ReturnStats | None = None) -> None:
         self.envs = LockStepEnvs.of(envs)
         self.book = Bookkeeper.of(self.envs, n_step, gamma, clip_rewards, episodic_life,
-                                  normalize_reward=normalize_reward)
+                                  return_stats=return_stats)
 
     def reset(self, seed: int) -> np.ndarray:
         ids, obs, info = self.envs.reset(seed)
@@ -213,7 +216,7 @@ class Agent(Worker):
     def __init__(self, index: int, make_envs: Callable[[], LockStepEnvs], seed: int,
                  n_step: int, gamma: float, predictors: PredictorGroup, training_queue,
                  stats, stop: threading.Event, failure: Failure, clip_rewards: bool = False,
-                 episodic_life: bool = False, normalize_reward: bool = False) -> None:
+                 episodic_life: bool = False, return_stats: ReturnStats | None = None) -> None:
         super().__init__(f"agent-{index}", stop, failure)
         self._make_envs = make_envs
         self._seed = seed
@@ -223,7 +226,7 @@ class Agent(Worker):
         self._stats = stats
         self._clip_rewards = clip_rewards
         self._episodic_life = episodic_life
-        self._normalize_reward = normalize_reward
+        self._return_stats = return_stats
         # A stream of its own: the envs are seeded with `seed` too (gymnasium's np_random).
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         self.started = threading.Event()  # its envs are made and reset: it steps from now
@@ -232,7 +235,7 @@ class Agent(Worker):
         envs = self._make_envs()
         try:
             self._loop(EnvStepper(envs, self._n_step, self._gamma, self._clip_rewards,
-                                  self._episodic_life, self._normalize_reward))
+                                  self._episodic_life, self._return_stats))
         finally:
             envs.close()
 

@@ -20,14 +20,18 @@ from ga3c.errors import UserError, WriteError, first_line, write_error_reason
 
 
 class Checkpointer:
-    """tf.train.Checkpoint + CheckpointManager holding the model, optimizer and counters."""
+    """tf.train.Checkpoint + CheckpointManager holding the model, optimizer and counters, and
+    with `return_stats` (--normalize_reward's `ga3c.normalize.ReturnStats`) their state."""
 
-    def __init__(self, learner, directory: str, keep: int) -> None:
+    def __init__(self, learner, directory: str, keep: int, return_stats=None) -> None:
         self.counters = tf.Variable(np.zeros(3, np.int64), name="counters")  # steps, eps, updates
         self.train_seconds = tf.Variable(0.0, dtype=tf.float64, name="train_seconds")
-        self.checkpoint = tf.train.Checkpoint(model=learner.model, optimizer=learner.optimizer,
-                                              counters=self.counters,
-                                              train_seconds=self.train_seconds)
+        self._parts = dict(model=learner.model, optimizer=learner.optimizer,
+                           counters=self.counters, train_seconds=self.train_seconds)
+        self.return_stats = return_stats
+        if return_stats is not None:  # [mean, var, count]
+            self._parts["return_stats"] = tf.Variable(return_stats.state(), name="return_stats")
+        self.checkpoint = tf.train.Checkpoint(**self._parts)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=keep)
         self._saved_counts: tuple[int, int] | None = None  # (env steps, updates) of the latest
 
@@ -37,15 +41,30 @@ class Checkpointer:
 
     def restore_latest(self) -> dict:
         path = self.manager.latest_checkpoint
+        checkpoint, note = self.checkpoint, None
+        if self.return_stats is not None and not self._holds(path, "return_stats"):
+            # a run from before they were saved (or without --normalize_reward)
+            checkpoint = tf.train.Checkpoint(**{k: v for k, v in self._parts.items()
+                                                if k != "return_stats"})
+            note = "reward scaling's return statistics are not in it: they start afresh"
         try:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
+            checkpoint.restore(path).assert_existing_objects_matched()
         except Exception as exc:  # noqa: BLE001 - any failure means "cannot resume from it"
             raise UserError(f"cannot restore checkpoint {path}: {first_line(exc)} "
                              "(use a new --logdir, or move that checkpoint away)") from None
+        if self.return_stats is not None and note is None:
+            self.return_stats.set_state(self._parts["return_stats"].numpy())
         steps, episodes, updates = (int(x) for x in self.counters.numpy())
         self._saved_counts = (steps, updates)
         return dict(env_steps=steps, episodes=episodes, updates=updates,
-                    train_seconds=float(self.train_seconds.numpy()))
+                    train_seconds=float(self.train_seconds.numpy()), note=note)
+
+    @staticmethod
+    def _holds(path: str, name: str) -> bool:
+        try:
+            return any(key.split("/")[0] == name for key, _ in tf.train.list_variables(path))
+        except Exception:  # noqa: BLE001 - unreadable: the restore says why
+            return True
 
     def save(self, stats, learner) -> str:
         """Write a checkpoint numbered by the env-step count; its path. Nothing is written
@@ -55,6 +74,8 @@ class Checkpointer:
         if self.latest and self._saved_counts == (number, updates):
             return self.latest
         self.counters.assign([number, stats.episodes, updates])
+        if self.return_stats is not None:
+            self._parts["return_stats"].assign(self.return_stats.state())
         self.train_seconds.assign(stats.train_seconds())
         try:
             path = self.manager.save(checkpoint_number=number)

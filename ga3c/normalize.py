@@ -5,11 +5,14 @@ sets combined from each set's count, mean and variance, so a batch updates the r
 statistics at once and the result equals numpy's mean/var over all the data seen (the
 population variance, ddof=0). Observation normalisation keeps its statistics as variables of
 the network (`ga3c.network.ObsNormalization`), so they are checkpointed and applied by the
-same layer in training, `ga3c-eval` and `ga3c.load_policy`; `RewardScaler` keeps one env
-vector's return statistics (SB3's VecNormalize reward scaling).
+same layer in training, `ga3c-eval` and `ga3c.load_policy`. Reward scaling (SB3's
+VecNormalize) keeps one `ReturnStats` for the whole run, shared by every agent's
+`RewardScaler` (each tracks its own envs' discounted returns) and saved in the checkpoint.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -56,20 +59,45 @@ class RunningMeanStd:
         self.mean, self.var, self.count = merge_batch(self.mean, self.var, self.count, batch)
 
 
-class RewardScaler:
-    """Training rewards divided by the running std of a discounted return, per env vector:
-    ret = gamma * ret + r (reset where an episode ends), the std over every ret seen; the
-    scaled reward is clipped to +-CLIP. Reported scores stay the env's."""
+class ReturnStats(RunningMeanStd):
+    """The run's statistics of discounted returns: updated by every agent's thread (a lock),
+    saved and restored with the checkpoint as [mean, var, count]."""
 
-    def __init__(self, num_envs: int, gamma: float) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def add(self, returns: np.ndarray) -> float:
+        """Add a batch of returns; the variance after it."""
+        with self._lock:
+            self.update(returns)
+            return float(self.var)
+
+    def state(self) -> np.ndarray:
+        with self._lock:
+            return np.array([self.mean, self.var, self.count], np.float64)
+
+    def set_state(self, state) -> None:
+        mean, var, count = (float(x) for x in state)
+        with self._lock:
+            self.mean, self.var, self.count = np.float64(mean), np.float64(var), count
+
+
+class RewardScaler:
+    """Training rewards divided by the running std of a discounted return: for each of this
+    vector's envs ret = gamma * ret + r (reset where an episode ends), the std over every ret
+    in `stats` (the run's, shared with the other agents'; a new one if not given); the scaled
+    reward is clipped to +-CLIP. Reported scores stay the env's."""
+
+    def __init__(self, num_envs: int, gamma: float, stats: ReturnStats | None = None) -> None:
         self.gamma = float(gamma)
         self.returns = np.zeros(num_envs, np.float64)
-        self.stats = RunningMeanStd()
+        self.stats = stats if stats is not None else ReturnStats()
 
     def scale(self, rewards: np.ndarray, done: np.ndarray, ids=None) -> np.ndarray:
         ids = slice(None) if ids is None else np.asarray(ids)
         ret = self.returns[ids] * self.gamma + rewards
-        self.stats.update(ret)
+        var = self.stats.add(ret)
         self.returns[ids] = np.where(done, 0.0, ret)
-        scaled = rewards / np.sqrt(self.stats.var + EPSILON)
+        scaled = rewards / np.sqrt(var + EPSILON)
         return np.clip(scaled, -CLIP, CLIP).astype(np.float32)

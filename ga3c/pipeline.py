@@ -15,6 +15,7 @@ import time
 from ga3c.agent import Agent
 from ga3c.config import Config
 from ga3c.envs import make_agent_envs
+from ga3c.normalize import ReturnStats
 from ga3c.predictor import PredictorGroup
 from ga3c.stats import Stats
 from ga3c.threads import Failure, Worker
@@ -32,7 +33,8 @@ class Pipeline:
     """
 
     def __init__(self, config: Config, predict_fn, train_fn, version_fn, stats: Stats,
-                 stop: threading.Event, failure: Failure, seed: int) -> None:
+                 stop: threading.Event, failure: Failure, seed: int,
+                 return_stats: ReturnStats | None = None) -> None:
         p = config.pipeline
         self.config = config
         self.predictors = PredictorGroup(predict_fn, version_fn, stats, p.max_predict_batch,
@@ -41,6 +43,11 @@ class Pipeline:
                                      p.training_queue_size, stop, failure)
         self._stats, self._stop, self._failure, self._seed = stats, stop, failure, seed
         self._agents_made = 0
+        # --normalize_reward: the statistics of discounted returns every agent's rewards are
+        # scaled by (one for the run, as SB3's VecNormalize; the service's is checkpointed).
+        self.return_stats = None
+        if config.env.normalize_reward:
+            self.return_stats = return_stats if return_stats is not None else ReturnStats()
         self.agents: list[Worker] = []
         self.watches: list[Worker] = []  # threads that only watch (the Ray cluster's GCS)
 
@@ -59,12 +66,12 @@ class Pipeline:
                                 self._stats, self._stop, self._failure,
                                 clip_rewards=env.clip_rewards, episodic_life=env.episodic_life,
                                 groups=config.pipeline.runner_groups,
-                                normalize_reward=env.normalize_reward)
+                                return_stats=self.return_stats)
         return Agent(i, lambda: make_agent_envs(env.env_id, per_agent, env),
                      self._seed + i * per_agent, config.algo.n_step, config.algo.gamma,
                      self.predictors, self.trainers.queue, self._stats, self._stop,
                      self._failure, clip_rewards=env.clip_rewards,
-                     episodic_life=env.episodic_life, normalize_reward=env.normalize_reward)
+                     episodic_life=env.episodic_life, return_stats=self.return_stats)
 
     def start(self) -> None:
         """Consumers before producers: predictors, trainers, then agents."""

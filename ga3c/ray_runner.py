@@ -294,14 +294,14 @@ class RemoteRunner(Worker):
                  training_queue, stats, stop: threading.Event, failure: Failure,
                  clip_rewards: bool = False, episodic_life: bool = False,
                  max_restarts: int = MAX_RESTARTS, groups: int = GROUPS,
-                 normalize_reward: bool = False) -> None:
+                 return_stats=None) -> None:
         super().__init__(f"runner-{index}", stop, failure)
         self._sizes = sizes = group_sizes(num_envs, groups)
         self._makers = [functools.partial(make_envs, n) for n in sizes]
         self._seeds = [seed + int(o) for o in np.cumsum([0, *sizes[:-1]])]
         self._n_step, self._gamma = n_step, gamma
         self._clip_rewards, self._episodic_life = clip_rewards, episodic_life
-        self._normalize_reward = normalize_reward
+        self._return_stats = return_stats  # the run's, under --normalize_reward
         self._predictors = predictors
         self._training_queue = training_queue
         self._stats = stats
@@ -392,7 +392,7 @@ class RemoteRunner(Worker):
         self._books[group] = book = Bookkeeper(size, obs.shape[1:], obs.dtype, self._n_step,
                                                self._gamma, self._clip_rewards,
                                                self._episodic_life,
-                                               normalize_reward=self._normalize_reward)
+                                               return_stats=self._return_stats)
         book.begin(reset.ids, obs, reset.info)
 
     def _deliver(self, group: int, step: Observed) -> bool:

@@ -35,6 +35,7 @@ from ga3c.envs import EnvSpec
 from ga3c.errors import (LogWriteError, NonFiniteError, RunError, UserError, WriteError,
                          first_line, write_error_reason)
 from ga3c.learner import Learner
+from ga3c.normalize import ReturnStats
 from ga3c.pipeline import JOIN_SECONDS, Pipeline
 from ga3c.rundir import RunDir, keep_aside
 from ga3c.stats import Stats, Window, collapse_warning, read_recent_returns
@@ -70,9 +71,10 @@ def build_service(config: Config, env_spec: EnvSpec, stop: threading.Event | Non
     keras.utils.set_random_seed(config.run.seed)
     run_dir = RunDir(config.run.logdir)
     learner = Learner.for_run(config, env_spec)
+    return_stats = ReturnStats() if config.env.normalize_reward else None
     ckdir = run_dir.checkpoints
     try:
-        checkpointer = Checkpointer(learner, ckdir, config.run.keep_checkpoints)
+        checkpointer = Checkpointer(learner, ckdir, config.run.keep_checkpoints, return_stats)
     except Exception as exc:  # noqa: BLE001 - e.g. an empty or garbled state file
         raise UserError(f"cannot read the checkpoint state in {ckdir}: "
                         f"{first_line(exc)}") from None
@@ -98,7 +100,7 @@ def build_service(config: Config, env_spec: EnvSpec, stop: threading.Event | Non
     failure = Failure()
     seed = config.run.seed * 1_000_003 + r.get("env_steps", 0) % 1_000_003
     pipeline = Pipeline(config, learner.predict, learner.train, lambda: learner.version, stats,
-                        stop, failure, seed)
+                        stop, failure, seed, return_stats)
     p = config.pipeline
     autotuner = Autotuner(
         pipeline, stats,
@@ -181,6 +183,8 @@ class Service:
         if r:
             log(f"resumed from {self.checkpointer.latest}: {r['env_steps']:,} env steps, "
                 f"{r['episodes']:,} episodes, {r['updates']:,} updates")
+            if r.get("note"):
+                log(f"note: {r['note']}")
         self._writer = ScalarWriter(run_dir.tensorboard)
         self._started = True
         p = cfg.pipeline

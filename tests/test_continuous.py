@@ -5,6 +5,7 @@ statistics through checkpoint, resume, ga3c-eval and load_policy, reward scaling
 refusal and validation lines."""
 
 import math
+import os
 
 import gymnasium as gym
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 
 from ga3c.agent import Bookkeeper, EnvStepper
 from ga3c.distributions import GaussianHead, head_for
-from ga3c.normalize import RewardScaler, RunningMeanStd, merge_batch
+from ga3c.normalize import ReturnStats, RewardScaler, RunningMeanStd, merge_batch
 from tests.test_cli import assert_one_line_error, train_cli
 from tests import target_env
 
@@ -235,6 +236,66 @@ def test_reward_scaling_divides_by_the_running_return_std():
     np.testing.assert_allclose(out2, r2 / np.sqrt(seen.var() + 1e-8), rtol=1e-6)
 
 
+def test_agents_scale_by_one_shared_return_statistic():
+    """Under --normalize_reward every agent's scaler adds its envs' returns to the run's one
+    ReturnStats (as SB3's VecNormalize over all its envs) and divides by its std."""
+    stats = ReturnStats()
+    a, b = RewardScaler(2, 0.5, stats), RewardScaler(1, 0.5, stats)
+    a.scale(np.array([2.0, -1.0]), np.array([False, False]))
+    out = b.scale(np.array([4.0]), np.array([False]))
+    seen = np.array([2.0, -1.0, 4.0])
+    np.testing.assert_allclose(out, 4.0 / np.sqrt(seen.var() + 1e-8), rtol=1e-6)
+    np.testing.assert_allclose(stats.state(), [seen.mean(), seen.var(), 3.0])
+    again = ReturnStats()
+    again.set_state(stats.state())
+    np.testing.assert_array_equal(again.state(), stats.state())
+
+
+def test_return_statistics_are_checkpointed_and_an_older_checkpoint_starts_them_afresh(
+        tmp_path):
+    from ga3c.checkpoints import Checkpointer
+    from ga3c.config import AlgoConfig, NetworkConfig
+    from ga3c.learner import Learner
+    from ga3c.stats import Stats
+
+    learner = Learner((1,), np.float32, 2, NetworkConfig(hidden=(4,)), AlgoConfig())
+    stats = ReturnStats()
+    stats.set_state([0.25, 4.0, 123.0])
+    Checkpointer(learner, str(tmp_path / "with"), 2, stats).save(Stats(None, 100, 1), learner)
+    restored = ReturnStats()
+    resumed = Checkpointer(learner, str(tmp_path / "with"), 2, restored).restore_latest()
+    np.testing.assert_array_equal(restored.state(), [0.25, 4.0, 123.0])
+    assert resumed["note"] is None
+    # a checkpoint written without them (an older run) resumes, saying they start afresh
+    Checkpointer(learner, str(tmp_path / "without"), 2).save(Stats(None, 100, 1), learner)
+    fresh = ReturnStats()
+    resumed = Checkpointer(learner, str(tmp_path / "without"), 2, fresh).restore_latest()
+    assert "start afresh" in resumed["note"] and resumed["env_steps"] == 100
+    np.testing.assert_array_equal(fresh.state(), [0.0, 1.0, 0.0])
+
+
+def test_reward_statistics_survive_a_resume(tmp_path):
+    import tensorflow as tf
+
+    logdir = str(tmp_path / "scaled")
+    args = [*SMALL, "--normalize_reward", f"--logdir={logdir}"]
+
+    def saved_stats():
+        path = tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints"))
+        return tf.train.load_variable(path, "return_stats/.ATTRIBUTES/VARIABLE_VALUE")
+
+    proc = train_cli(*args, "--max_env_steps=1000")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = saved_stats()
+    # every reward the agent saw went in (the run stops after its last step: >= the budget)
+    assert first[2] >= 1000 and first[1] > 0
+    proc = train_cli(*args, "--max_env_steps=2000")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout and "start afresh" not in proc.stdout
+    second = saved_stats()
+    assert second[2] >= first[2] + 1000  # went on from the first run's count
+
+
 def test_obs_statistics_survive_checkpoint_resume_eval_and_load_policy(tmp_path):
     import ga3c
     from ga3c.cli import parse_config
@@ -242,7 +303,9 @@ def test_obs_statistics_survive_checkpoint_resume_eval_and_load_policy(tmp_path)
     from ga3c.service import build_service
 
     logdir = str(tmp_path / "norm")
-    args = [*SMALL, "--normalize_obs", f"--logdir={logdir}"]
+    # float32: on a CPU with avx512_bf16, auto would train (and write policy.keras) in bfloat16,
+    # while a network restored from a checkpoint computes in float32
+    args = [*SMALL, "--normalize_obs", "--mixed_precision=off", f"--logdir={logdir}"]
     proc = train_cli(*args, "--max_env_steps=2000")
     assert proc.returncode == 0, proc.stderr[-3000:]
     from_ckpt = ga3c.load_policy(logdir, checkpoint="latest")

@@ -115,8 +115,9 @@ def test_reward_transforms_reach_the_runners_bookkeeping(flag):
     from ga3c.ray_runner import EnvRunner
 
     config = parse_config(["--runner=ray", "--envs_per_agent=4", flag])
-    runner = Pipeline(config, FakePredict(), None, lambda: 0, Stats(), threading.Event(),
-                      Failure(), seed=3)._new_agent()
+    pipeline = Pipeline(config, FakePredict(), None, lambda: 0, Stats(), threading.Event(),
+                        Failure(), seed=3)
+    runner = pipeline._new_agent()
     runner._makers = [functools.partial(make_fake_envs, n) for n in runner._sizes]
     actor = EnvRunner(runner._makers)
     try:
@@ -125,6 +126,8 @@ def test_reward_transforms_reach_the_runners_bookkeeping(flag):
         actor.close()
     book = runner._books[0]
     assert (book._reward_scaler is not None) == (flag == "--normalize_reward")
+    if book._reward_scaler is not None:  # the run's statistics, the ones checkpointed
+        assert book._reward_scaler.stats is pipeline.return_stats is not None
     assert book._clip_rewards == (flag == "--clip_rewards")
 
 
