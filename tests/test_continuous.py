@@ -303,9 +303,7 @@ def test_obs_statistics_survive_checkpoint_resume_eval_and_load_policy(tmp_path)
     from ga3c.service import build_service
 
     logdir = str(tmp_path / "norm")
-    # float32: on a CPU with avx512_bf16, auto would train (and write policy.keras) in bfloat16,
-    # while a network restored from a checkpoint computes in float32
-    args = [*SMALL, "--normalize_obs", "--mixed_precision=off", f"--logdir={logdir}"]
+    args = [*SMALL, "--normalize_obs", f"--logdir={logdir}"]
     proc = train_cli(*args, "--max_env_steps=2000")
     assert proc.returncode == 0, proc.stderr[-3000:]
     from_ckpt = ga3c.load_policy(logdir, checkpoint="latest")
