@@ -76,6 +76,10 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_enum("activation", n.activation, list(ACTIVATIONS),
                       "CNN trunk activation: relu (Nature DQN) or leaky_relu (slope 0.01 below "
                       "0: a unit dead on every frame still learns).", flag_values=fv)
+    flags.DEFINE_boolean("center_frames", n.center_frames,
+                         "CNN: subtract each frame's mean pixel inside the model (a conv0 "
+                         "channel's response to the background is then its bias alone).",
+                         flag_values=fv)
     flags.DEFINE_integer("n_step", a.n_step, "Steps per n-step return (A3C t_max).", flag_values=fv)
     flags.DEFINE_float("gamma", a.gamma, "Discount factor.", flag_values=fv)
     flags.DEFINE_float("learning_rate", a.learning_rate, "RMSProp learning rate.", flag_values=fv)

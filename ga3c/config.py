@@ -73,6 +73,9 @@ class NetworkConfig:
     # under which a unit that is negative on every frame still gets a gradient and can come
     # back (docs/stability.md: Pong's conv0 lost 30 of its 32 ReLU channels for good).
     activation: str = "relu"
+    # CNN: subtract each frame's mean pixel inside the model (ga3c.network.FrameCentering), so
+    # that a conv0 channel's response to a uniform background is its bias alone.
+    center_frames: bool = False
     # Box action spaces: the Gaussian policy's state-independent log-std starts here.
     log_std_init: float = 0.0
 

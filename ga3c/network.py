@@ -38,6 +38,21 @@ class LogStd(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="ga3c")
+class FrameCentering(keras.layers.Layer):
+    """Subtracts from each frame of the stack its own mean pixel (over height and width).
+
+    Atari frames are all >= 0 and mostly one background grey, so every weight of a conv0
+    kernel gets a gradient of the same sign on the background, RMSProp steps each of them by
+    ~lr, and the channel's response to the background moves by ~(kernel size) x lr x grey
+    per update: channels drift below the background and, under ReLU, die for good
+    (docs/stability.md). With the frame's mean taken out the background is ~0, and what moves
+    a channel's background response is its bias alone."""
+
+    def call(self, frames):
+        return frames - ops.mean(frames, axis=(1, 2), keepdims=True)
+
+
+@keras.saving.register_keras_serializable(package="ga3c")
 class ObsNormalization(keras.layers.Layer):
     """(obs - mean) / sqrt(var + 1e-8), clipped to +-10 (SB3's VecNormalize), with the
     running mean, var and count as non-trainable float64 variables of the model: saved in
@@ -83,7 +98,7 @@ def build_network(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
             raise ValueError("the CNN takes frames with a Discrete action space and no "
                              "observation normalisation")
         return build_cnn(obs_shape, obs_dtype, num_actions, config.cnn, config.init,
-                         config.activation)
+                         config.activation, config.center_frames)
     return build_mlp(obs_shape, obs_dtype, num_actions, config, continuous, normalize_obs)
 
 
@@ -147,7 +162,8 @@ CNN_TRUNKS = {
 
 
 def build_cnn(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
-              trunk: str, init: str = "orthogonal", activation: str = "relu") -> keras.Model:
+              trunk: str, init: str = "orthogonal", activation: str = "relu",
+              center_frames: bool = False) -> keras.Model:
     """CNN actor-critic for stacked frames (height, width, stack), e.g. Atari's (84, 84, 4).
 
     Frames travel the queues as uint8 and are scaled to [0, 1] inside the model; the policy
@@ -166,6 +182,8 @@ def build_cnn(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int,
 
     inputs = keras.Input(shape=obs_shape, dtype=obs_dtype, name="obs")
     x = layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
+    if center_frames:
+        x = FrameCentering(name="center")(x)
     for i, (filters, kernel, stride, padding) in enumerate(convs):
         x = trunk_layer(layers.Conv2D, x, f"conv{i}", filters, kernel, strides=stride,
                         padding=padding)

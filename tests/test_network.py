@@ -115,3 +115,33 @@ def test_leaky_relu_trunk_is_the_relu_trunk_with_slope_0_01_below_zero(tmp_path)
     assert loaded.get_layer("conv0_act").get_config()["negative_slope"] == pytest.approx(0.01)
     np.testing.assert_allclose(np.asarray(loaded(x)["logits"]), np.asarray(leaky(x)["logits"]),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_center_frames_takes_each_frames_mean_pixel_out_before_conv0(tmp_path):
+    """--center_frames: every frame of the stack loses its own mean pixel, so on a uniform
+    frame conv0's output is relu(bias) whatever the grey level (not the kernel sums times the
+    grey, which is what lets every weight of a channel push it below the background); the
+    weights are the plain trunk's and policy.keras keeps the layer."""
+    plain = build_network(ATARI, "uint8", 6, NetworkConfig(cnn="nature"))
+    centred = build_network(ATARI, "uint8", 6, NetworkConfig(cnn="nature", center_frames=True))
+    assert [w.path for w in centred.weights] == [w.path for w in plain.weights]
+    conv0 = centred.get_layer("conv0")
+    conv0.bias.assign(np.linspace(-0.5, 0.5, conv0.filters).astype("float32"))
+    grey = np.zeros((2, *ATARI), np.uint8)
+    grey[0], grey[1, ..., :2], grey[1, ..., 2:] = 87, 30, 200
+    out = np.asarray(keras.Model(centred.inputs, conv0.output)(grey))
+    np.testing.assert_allclose(out, np.broadcast_to(np.maximum(conv0.bias.numpy(), 0), out.shape),
+                               atol=1e-4)  # float32 rounding of the mean, times the kernel sums
+    # The plain trunk's response to the same grey frame depends on the grey level.
+    plain.set_weights(centred.get_weights())
+    plain_out = np.asarray(keras.Model(plain.inputs, plain.get_layer("conv0").output)(grey))
+    assert np.abs(plain_out - out).max() > 0.1
+    x = np.random.default_rng(0).integers(0, 256, (3, *ATARI), dtype=np.uint8)
+    centred_in = np.asarray(keras.Model(centred.inputs, centred.get_layer("center").output)(x))
+    np.testing.assert_allclose(centred_in, x / 255.0 - (x / 255.0).mean(axis=(1, 2), keepdims=True),
+                               atol=1e-5)
+    path = str(tmp_path / "policy.keras")
+    centred.save(path)
+    loaded = keras.models.load_model(path, compile=False)
+    np.testing.assert_allclose(np.asarray(loaded(x)["logits"]), np.asarray(centred(x)["logits"]),
+                               rtol=1e-5, atol=1e-6)
