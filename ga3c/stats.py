@@ -176,6 +176,9 @@ class Stats:
                 self._csv_file.write("\n")
             if new:
                 self._csv.writerow(CSV_HEADER)
+            else:  # a resume: rows past its checkpoint (a killed run's tail) are superseded
+                with _writing(self._csv_file):
+                    self._csv.writerow([RESUME_MARK, self._counts["env_steps"]])
 
     def log_updates_to(self, updates_csv: str) -> None:
         """Append a row per training step to `updates_csv` from now on: the update's number
@@ -413,23 +416,42 @@ def _last_byte(path: str) -> bytes:
 
 
 CSV_HEADER = ["wall_time", "env_steps", "episode_return", "episode_length"]
+# A resumed run's first row: `resumed_at,<env steps of its checkpoint>`. The episodes a killed
+# run logged past its last checkpoint stay in the file, but the resumed run replays those
+# steps, so readers drop them there (the curve is the checkpoints' history).
+RESUME_MARK = "resumed_at"
 
 
 def read_episode_rows(episodes_csv: str) -> np.ndarray:
-    """The complete rows of an episodes.csv as an (N, 4) float array, in file order.
+    """The complete rows of an episodes.csv as an (N, 4) float array, in env-step order.
 
-    The header and rows cut short by a killed run are skipped. Every reader of the file
-    (resume, ga3c-plot) goes through here, so they agree on what a row is.
+    The header and rows cut short by a killed run are skipped; so are rows a resumed run
+    superseded: those past its checkpoint's env steps, before its `resumed_at` row (files
+    written before that row existed: before the first row whose env steps went back). Every
+    reader of the file (resume, ga3c-plot, learning tables) goes through here, so they agree.
     """
-    rows = []
+    rows: list[list[float]] = []
+
+    def rewind(env_steps: float) -> None:
+        while rows and rows[-1][1] > env_steps:
+            rows.pop()
+
     with open(episodes_csv, newline="") as f:
         for row in csv.reader(f):
+            if len(row) == 2 and row[0] == RESUME_MARK:
+                try:
+                    rewind(float(row[1]))
+                except ValueError:
+                    pass
+                continue
             if len(row) != len(CSV_HEADER):
                 continue
             try:
-                rows.append([float(x) for x in row])
+                values = [float(x) for x in row]
             except ValueError:
                 continue  # the header, or a row whose last field was cut short
+            rewind(values[1])
+            rows.append(values)
     return np.array(rows, dtype=np.float64).reshape(-1, len(CSV_HEADER))
 
 

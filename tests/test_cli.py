@@ -223,7 +223,9 @@ def test_resume_continues_counters_and_appends_episodes(trained_run, tmp_path):
         rows_after = f.read().splitlines()
     assert rows_after[:len(rows_before)] == rows_before
     assert rows_after[len(rows_before)] == "12.5,99"  # the half row, ended, not merged
-    new_rows = [r.split(",") for r in rows_after[len(rows_before) + 1:]]
+    mark, steps = rows_after[len(rows_before) + 1].split(",")  # where the resume began
+    assert mark == "resumed_at" and int(steps) >= int(rows_before[-1].split(",")[1])
+    new_rows = [r.split(",") for r in rows_after[len(rows_before) + 2:]]
     assert new_rows and all(len(r) == 4 for r in new_rows)
     first_steps = int(rows_before[-1].split(",")[1])
     assert int(new_rows[0][1]) > first_steps  # the env-step counter continued

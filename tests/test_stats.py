@@ -31,6 +31,29 @@ def test_resume_counts_only_rows_the_checkpoint_covers(tmp_path):
     assert read_recent_returns(str(tmp_path / "missing.csv"), max_env_steps=50) == []
 
 
+def test_rows_a_resumed_run_superseded_are_dropped_at_its_mark(tmp_path):
+    """A run killed at 70 steps with its checkpoint at 40 logged episodes at 50-70; the
+    resumed run replays 40-70. Readers see the checkpoints' history: 10-40, then the new
+    rows; the file keeps every row."""
+    p = tmp_path / "episodes.csv"
+    write(p, [f"{i}.0,{i * 10},{i}.0,1" for i in range(1, 8)])  # 10 ... 70
+    stats = Stats(None, start_env_steps=40)
+    stats.log_episodes_to(str(p))
+    stats.add_env_steps(5, np.array([-1.0]), np.array([2]))  # at 45
+    stats.add_env_steps(40, np.array([-2.0]), np.array([3]))  # at 85
+    stats.close()
+    rows = read_episode_rows(str(p))
+    assert rows[:, 1].tolist() == [10, 20, 30, 40, 45, 85]
+    assert rows[:, 2].tolist() == [1.0, 2.0, 3.0, 4.0, -1.0, -2.0]
+    assert len(p.read_text().splitlines()) == 1 + 7 + 1 + 2  # header, old rows, mark, new
+
+
+def test_files_without_the_mark_rewind_where_env_steps_go_back(tmp_path):
+    p = tmp_path / "episodes.csv"
+    write(p, ["1.0,10,1.0,1", "2.0,20,2.0,1", "3.0,30,3.0,1", "4.0,25,9.0,1", "5.0,35,8.0,1"])
+    assert read_episode_rows(str(p))[:, 1].tolist() == [10, 20, 25, 35]
+
+
 def test_stats_writes_rows_and_rates_are_per_window(tmp_path):
     p = tmp_path / "episodes.csv"
     stats = Stats(str(p))
