@@ -34,16 +34,17 @@ def test_resume_counts_only_rows_the_checkpoint_covers(tmp_path):
 def test_rows_a_resumed_run_superseded_are_dropped_at_its_mark(tmp_path):
     """A run killed at 70 steps with its checkpoint at 40 logged episodes at 50-70; the
     resumed run replays 40-70. Readers see the checkpoints' history: 10-40, then the new
-    rows; the file keeps every row."""
+    rows; the file keeps every row. The resumed run's first episode ends at 65, past two of
+    the killed run's rows: only the mark can tell those (50, 60) are superseded."""
     p = tmp_path / "episodes.csv"
     write(p, [f"{i}.0,{i * 10},{i}.0,1" for i in range(1, 8)])  # 10 ... 70
     stats = Stats(None, start_env_steps=40)
     stats.log_episodes_to(str(p))
-    stats.add_env_steps(5, np.array([-1.0]), np.array([2]))  # at 45
-    stats.add_env_steps(40, np.array([-2.0]), np.array([3]))  # at 85
+    stats.add_env_steps(25, np.array([-1.0]), np.array([2]))  # at 65
+    stats.add_env_steps(20, np.array([-2.0]), np.array([3]))  # at 85
     stats.close()
     rows = read_episode_rows(str(p))
-    assert rows[:, 1].tolist() == [10, 20, 30, 40, 45, 85]
+    assert rows[:, 1].tolist() == [10, 20, 30, 40, 65, 85]
     assert rows[:, 2].tolist() == [1.0, 2.0, 3.0, 4.0, -1.0, -2.0]
     assert len(p.read_text().splitlines()) == 1 + 7 + 1 + 2  # header, old rows, mark, new
 
